@@ -1,0 +1,336 @@
+"""Two versions of the same code in one process, each in a namespace of its own.
+
+Each version owns a private module prefix (``_dualrun_<n>``). A meta path finder serves the
+version's modules under that prefix, and every module of the version executes with a copy of
+the builtins whose ``__import__`` maps the version's top-level names onto the prefix. So
+``import pricing.rules``, ``from pricing import rules``, relative imports, imports inside
+functions and ``importlib.import_module("pricing.rules")`` all reach the version's own copy;
+the real name never enters ``sys.modules``; the standard library and third-party packages stay
+shared with the host.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import importlib.machinery
+import importlib.util
+import itertools
+import sys
+import threading
+import types
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from dualrun.errors import DualrunWarning, VersionLoadError
+from dualrun.sources import materialize
+from dualrun.targets import parse_target, walk
+
+Label = Literal["old", "new"]
+LABELS: tuple[Label, Label] = ("old", "new")
+PREFIX_ROOT = "_dualrun_"
+
+_ids = itertools.count(1)
+_meta_path_lock = threading.Lock()
+_real_import = builtins.__import__
+
+
+class _VersionLoader:
+    """Delegates to the real loader, but runs the module with the version's builtins."""
+
+    def __init__(self, inner: Any, version_builtins: dict[str, Any]) -> None:
+        self._inner = inner
+        self._builtins = version_builtins
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        created: types.ModuleType | None = self._inner.create_module(spec)
+        return created
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__dict__["__builtins__"] = self._builtins
+        self._inner.exec_module(module)
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_resource_reader, is_package...
+        return getattr(self._inner, name)
+
+
+class _VersionFinder:
+    """Finds ``<prefix>.<top>...`` modules in the version's directory, and nothing else."""
+
+    def __init__(self, prefix: str, root: Path, tops: frozenset[str], namespace: Any) -> None:
+        self.prefix = prefix
+        self._dotted = prefix + "."
+        self._root = [str(root)]
+        self._tops = tops
+        self._builtins = namespace
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if not fullname.startswith(self._dotted):
+            return None
+        rest = fullname[len(self._dotted) :]
+        top, dot, _ = rest.partition(".")
+        if top not in self._tops:
+            return None
+        search = path if dot else self._root
+        if search is None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, search)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _VersionLoader(spec.loader, self._builtins)
+        return spec
+
+    def invalidate_caches(self) -> None:
+        """Nothing cached here; the path finders keep their own caches."""
+
+
+def _version_builtins(prefix: str, tops: frozenset[str]) -> dict[str, Any]:
+    """A copy of the builtins whose ``__import__`` sends the version's names to ``prefix``."""
+
+    def version_import(
+        name: str,
+        globals: dict[str, Any] | None = None,  # noqa: A002 - the signature of __import__
+        locals: dict[str, Any] | None = None,  # noqa: A002
+        fromlist: Sequence[str] | None = (),
+        level: int = 0,
+    ) -> types.ModuleType:
+        if level == 0:
+            top = name.partition(".")[0]
+            if top in tops:
+                module = _real_import(f"{prefix}.{name}", globals, locals, fromlist, 0)
+                return module if fromlist else sys.modules[f"{prefix}.{top}"]
+            if top == "importlib" and (name == "importlib" or not fromlist):
+                _real_import(name, globals, locals, fromlist, 0)
+                return importlib_proxy
+        return _real_import(name, globals, locals, fromlist, level)
+
+    def import_module(name: str, package: str | None = None) -> types.ModuleType:
+        if not name.startswith(".") and name.partition(".")[0] in tops:
+            name = f"{prefix}.{name}"
+        return importlib.import_module(name, package)
+
+    importlib_proxy = types.ModuleType("importlib", importlib.__doc__)
+    importlib_proxy.__dict__.update(
+        __getattr__=lambda attr: getattr(importlib, attr),
+        import_module=import_module,
+        __import__=version_import,
+    )
+    namespace = dict(builtins.__dict__)
+    namespace["__import__"] = version_import
+    return namespace
+
+
+class Version:
+    """One version of the code, loaded under a private prefix."""
+
+    def __init__(
+        self, label: Label, source: str, root: Path, name: str, tops: tuple[str, ...]
+    ) -> None:
+        self.label: Label = label
+        self.source = source
+        self.root = root
+        self.name = name
+        self.tops = tops
+        self.prefix = f"{PREFIX_ROOT}{next(_ids)}"
+        self.extension_modules: tuple[str, ...] = ()
+        self._finder = _VersionFinder(
+            self.prefix, root, frozenset(tops), _version_builtins(self.prefix, frozenset(tops))
+        )
+        self._loaded = False
+        self.module: types.ModuleType = types.ModuleType(self.prefix)
+
+    def __repr__(self) -> str:
+        state = "loaded" if self._loaded else "unloaded"
+        return f"<Version {self.label} {self.source!r} as {self.prefix} ({state})>"
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def _install(self) -> None:
+        root_pkg = types.ModuleType(self.prefix, "dualrun namespace of one loaded version")
+        root_pkg.__path__ = []
+        root_pkg.__spec__ = importlib.machinery.ModuleSpec(self.prefix, None, is_package=True)
+        with _meta_path_lock:
+            sys.modules[self.prefix] = root_pkg
+            sys.meta_path.insert(0, self._finder)
+        self._loaded = True
+
+    def alias(self, name: str) -> str:
+        """The private name under which the version's module ``name`` lives in ``sys.modules``."""
+        if name.partition(".")[0] not in self.tops:
+            raise ValueError(
+                f"{name!r} is not part of the {self.label!r} version; its top-level names are "
+                f"{', '.join(self.tops)} (pass packages=... to load() to add more)"
+            )
+        return f"{self.prefix}.{name}"
+
+    def import_module(self, name: str) -> types.ModuleType:
+        """Import the version's module ``name`` (e.g. ``"pricing.rules"``) and return it."""
+        if not self._loaded:
+            raise RuntimeError(f"the {self.label!r} version ({self.source}) has been unloaded")
+        return importlib.import_module(self.alias(name))
+
+    def resolve(self, target: str) -> Any:
+        """The object at ``"pkg.sub:Qual.name"`` in this version."""
+        module_name, qualname = parse_target(target)
+        describe = f"target {target!r} does not exist in the {self.label!r} version"
+        return walk(self.import_module(module_name), qualname, describe)[1]
+
+    def owns(self, obj: object) -> bool:
+        """Whether ``obj`` (a module, class or function) was defined by this version's code."""
+        module = getattr(obj, "__module__", None) or getattr(obj, "__name__", "")
+        return isinstance(module, str) and (
+            module == self.prefix or module.startswith(self.prefix + ".")
+        )
+
+    def modules(self) -> list[str]:
+        """Names of this version's modules currently in ``sys.modules``."""
+        dotted = self.prefix + "."
+        return [n for n in list(sys.modules) if n == self.prefix or n.startswith(dotted)]
+
+    def unload(self) -> None:
+        """Remove the version's modules from ``sys.modules`` and its finder from the meta path.
+
+        Objects already handed out keep working; imports the version would run later fail.
+        """
+        with _meta_path_lock:
+            for name in self.modules():
+                sys.modules.pop(name, None)
+            if self._finder in sys.meta_path:
+                sys.meta_path.remove(self._finder)
+            for key in [k for k in sys.path_importer_cache if k.startswith(str(self.root))]:
+                sys.path_importer_cache.pop(key, None)
+        self._loaded = False
+
+
+@dataclass(frozen=True)
+class VersionPair:
+    """The old and the new version of the same code."""
+
+    old: Version
+    new: Version
+
+    def __getitem__(self, label: str) -> Version:
+        if label == "old":
+            return self.old
+        if label == "new":
+            return self.new
+        raise ValueError(f"a version is 'old' or 'new', got {label!r}")
+
+    def __iter__(self) -> Iterator[Version]:
+        return iter((self.old, self.new))
+
+    def unload(self) -> None:
+        """Unload both versions."""
+        self.old.unload()
+        self.new.unload()
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
+        raise ValueError(f"name is a dotted module name such as 'pricing', got {name!r}")
+    return name
+
+
+def _check_packages(name: str, packages: Iterable[str] | None) -> tuple[str, ...]:
+    tops = [name.partition(".")[0]]
+    if packages is None:
+        return tuple(tops)
+    if isinstance(packages, str | bytes):
+        raise ValueError(f"packages is a list of top-level names, got the string {packages!r}")
+    for extra in packages:
+        if not isinstance(extra, str) or not extra.isidentifier():
+            raise ValueError(
+                f"packages lists top-level module names (identifiers), got {extra!r}"
+            )
+        if extra not in tops:
+            tops.append(extra)
+    return tuple(tops)
+
+
+def _locate(label: str, source: str, base: Path, tops: tuple[str, ...]) -> Path:
+    """The directory under ``base`` (itself or its ``src/``) that holds all of ``tops``."""
+    importlib.invalidate_caches()
+    for root in (base, base / "src"):
+        if root.is_dir() and all(
+            importlib.machinery.PathFinder.find_spec(top, [str(root)]) is not None for top in tops
+        ):
+            return root
+    missing = ", ".join(repr(t) for t in tops)
+    raise VersionLoadError(
+        label,
+        source,
+        f"{str(base)!r} does not contain the package or module {missing} "
+        f"(looked for {tops[0]}/__init__.py or {tops[0]}.py there and in its src/)",
+    )
+
+
+def _extension_files(root: Path, tops: tuple[str, ...]) -> tuple[str, ...]:
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    found: list[str] = []
+    for top in tops:
+        for candidate in [root / top, root]:
+            if candidate.is_dir():
+                pattern = "**/*" if candidate != root else f"{top}.*"
+                found += [str(p) for p in candidate.glob(pattern) if p.name.endswith(suffixes)]
+    return tuple(sorted(set(found)))
+
+
+def load_version(
+    label: Label, name: str, source: str, packages: Iterable[str] | None = None
+) -> Version:
+    """Load one version of ``name`` from ``source``; see :func:`load`."""
+    if label not in LABELS:
+        raise ValueError(f"a version label is 'old' or 'new', got {label!r}")
+    name = _check_name(name)
+    tops = _check_packages(name, packages)
+    source_text = str(source)
+    root = _locate(label, source_text, materialize(label, source_text), tops)
+    version = Version(label, source_text, root, name, tops)
+    version.extension_modules = _extension_files(root, tops)
+    if version.extension_modules:
+        warnings.warn(
+            f"the {label!r} version ({source_text}) contains C extension modules "
+            f"({', '.join(version.extension_modules)}): a C extension shares its state with any "
+            "other version loaded from the same file, and some refuse to load twice",
+            DualrunWarning,
+            stacklevel=3,
+        )
+    version._install()
+    try:
+        for top in tops:
+            version.import_module(top)
+        version.import_module(name)
+        version.module = sys.modules[version.alias(tops[0])]
+    except BaseException as exc:
+        version.unload()
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        raise VersionLoadError(
+            label, source_text, f"executing the version's code raised {type(exc).__name__}: {exc}"
+        ) from exc
+    return version
+
+
+def load(
+    name: str, old: str, new: str, packages: Iterable[str] | None = None
+) -> VersionPair:
+    """Load the old and the new version of ``name`` side by side.
+
+    ``old`` and ``new`` are each a directory that contains the package or module, a wheel or
+    zip file, or ``git:REV`` / ``git:REPO_PATH@REV``. ``packages`` names further top-level
+    modules that ship with the version. A failed load leaves nothing behind.
+    """
+    packages = None if packages is None else _check_packages(_check_name(name), packages)
+    old_version = load_version("old", name, old, packages)
+    try:
+        new_version = load_version("new", name, new, packages)
+    except BaseException:
+        old_version.unload()
+        raise
+    return VersionPair(old_version, new_version)
