@@ -1,14 +1,29 @@
 """dualrun: two versions of the same code in one process, chosen call by call."""
 
+from dualrun.context import RequestContext, context, current
+from dualrun.dispatcher import Dispatcher
 from dualrun.errors import DualrunWarning, TargetNotFoundError, VersionLoadError
+from dualrun.intercept import Interception
 from dualrun.loading import Version, VersionPair, load, load_version
+from dualrun.policy import Canary, Fixed, Policy, stable_bucket
+from dualrun.report import Report
 
 __all__ = [
+    "Canary",
+    "Dispatcher",
     "DualrunWarning",
+    "Fixed",
+    "Interception",
+    "Policy",
+    "Report",
+    "RequestContext",
     "TargetNotFoundError",
     "Version",
     "VersionLoadError",
     "VersionPair",
+    "context",
+    "current",
     "load",
     "load_version",
+    "stable_bucket",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import importlib.abc
 import importlib.machinery
 import importlib.util
 import itertools
@@ -23,7 +24,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from dualrun.errors import DualrunWarning, VersionLoadError
 from dualrun.sources import materialize
@@ -81,7 +82,7 @@ class _VersionFinder:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, search)
         if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _VersionLoader(spec.loader, self._builtins)
+            spec.loader = cast(importlib.abc.Loader, _VersionLoader(spec.loader, self._builtins))
         return spec
 
     def invalidate_caches(self) -> None:
@@ -93,8 +94,8 @@ def _version_builtins(prefix: str, tops: frozenset[str]) -> dict[str, Any]:
 
     def version_import(
         name: str,
-        globals: dict[str, Any] | None = None,  # noqa: A002 - the signature of __import__
-        locals: dict[str, Any] | None = None,  # noqa: A002
+        globals: dict[str, Any] | None = None,  # the signature of __import__
+        locals: dict[str, Any] | None = None,
         fromlist: Sequence[str] | None = (),
         level: int = 0,
     ) -> types.ModuleType:
@@ -245,9 +246,7 @@ def _check_packages(name: str, packages: Iterable[str] | None) -> tuple[str, ...
         raise ValueError(f"packages is a list of top-level names, got the string {packages!r}")
     for extra in packages:
         if not isinstance(extra, str) or not extra.isidentifier():
-            raise ValueError(
-                f"packages lists top-level module names (identifiers), got {extra!r}"
-            )
+            raise ValueError(f"packages lists top-level module names (identifiers), got {extra!r}")
         if extra not in tops:
             tops.append(extra)
     return tuple(tops)
@@ -317,9 +316,7 @@ def load_version(
     return version
 
 
-def load(
-    name: str, old: str, new: str, packages: Iterable[str] | None = None
-) -> VersionPair:
+def load(name: str, old: str, new: str, packages: Iterable[str] | None = None) -> VersionPair:
     """Load the old and the new version of ``name`` side by side.
 
     ``old`` and ``new`` are each a directory that contains the package or module, a wheel or

@@ -84,26 +84,34 @@ def _from_git(label: str, source: str) -> Path:
     spec = source[len(GIT_PREFIX) :]
     if "@" in spec:
         repo_text, _, rev = spec.rpartition("@")
-        repo, subdir = Path(repo_text).expanduser(), ""
+        repo = Path(repo_text).expanduser()
     else:
         repo, rev = Path.cwd(), spec
-        subdir = ""
     if not rev:
         raise VersionLoadError(label, source, "no revision given: use 'git:REV' or 'git:REPO@REV'")
     if not repo.is_dir():
         raise VersionLoadError(label, source, f"repository path {str(repo)!r} is not a directory")
-    top = _git(label, source, repo, "rev-parse", "--show-toplevel", what="not a git repository")
-    if "@" not in spec:
-        # 'git:REV' is relative to where the user stands, so that old="git:v1", new="." agree.
-        subdir = os.path.relpath(Path.cwd().resolve(), Path(top).resolve())
-        subdir = "" if subdir == "." else subdir
+    top = Path(
+        _git(label, source, repo, "rev-parse", "--show-toplevel", what="not a git repository")
+    )
+    # The path is relative to where the user stands (or to REPO), so that old="git:v1",
+    # new="." agree; the cache always holds the whole tree of the commit.
+    subdir = os.path.relpath(repo.resolve(), top.resolve())
+    subdir = "" if subdir == "." else subdir
     commit = _git(
-        label, source, repo, "rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}",
+        label,
+        source,
+        repo,
+        "rev-parse",
+        "--verify",
+        "--end-of-options",
+        f"{rev}^{{commit}}",
         what=f"unknown revision {rev!r}",
     )
     target = cache_root() / "git" / commit
     if not target.is_dir():
-        archive = _git_bytes(label, source, repo, "archive", "--format=tar", commit)
+        # From the top: run in a subdirectory, 'git archive' would archive only that subdirectory.
+        archive = _git_bytes(label, source, top, "archive", "--format=tar", commit)
         _publish(target, lambda tmp: _extract_tar(archive, tmp))
     return target / subdir if subdir else target
 
@@ -112,9 +120,7 @@ def _git(label: str, source: str, repo: Path, *args: str, what: str) -> str:
     return _git_bytes(label, source, repo, *args, what=what).decode().strip()
 
 
-def _git_bytes(
-    label: str, source: str, repo: Path, *args: str, what: str = "git failed"
-) -> bytes:
+def _git_bytes(label: str, source: str, repo: Path, *args: str, what: str = "git failed") -> bytes:
     try:
         done = subprocess.run(
             ["git", "-C", str(repo), *args], capture_output=True, check=False, timeout=120

@@ -17,9 +17,7 @@ if TYPE_CHECKING:
 def parse_target(target: object) -> tuple[str, str]:
     """Split ``"pkg.mod:Qual.name"`` into its module and qualified name, or raise ValueError."""
     if not isinstance(target, str) or target.count(":") != 1:
-        raise ValueError(
-            f"a target is a string 'package.module:qualified.name', got {target!r}"
-        )
+        raise ValueError(f"a target is a string 'package.module:qualified.name', got {target!r}")
     module, qualname = target.split(":")
     parts_ok = all(p.isidentifier() for p in module.split(".")) and all(
         p.isidentifier() for p in qualname.split(".")
@@ -70,7 +68,9 @@ def walk(module: ModuleType, qualname: str, describe: str) -> tuple[Any, Any, st
 def find(version: Version, target: str) -> Found:
     """Look ``target`` up in ``version``; raise TargetNotFoundError naming both if it is absent."""
     module_name, qualname = parse_target(target)
-    describe = f"target {target!r} does not exist in the {version.label!r} version ({version.source})"
+    describe = (
+        f"target {target!r} does not exist in the {version.label!r} version ({version.source})"
+    )
     try:
         module = version.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -1,0 +1,7 @@
+"""A small pricing engine: quotes for shopping carts (release 1.4)."""
+
+VERSION = "1.4.0"
+
+from pricing.engine import Quote, quote, quote_async  # noqa: E402  (absolute self-import)
+
+__all__ = ["VERSION", "Quote", "quote", "quote_async"]

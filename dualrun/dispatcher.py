@@ -1,0 +1,141 @@
+"""The dispatcher: which version serves each routed call, and what happened."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import wrapt
+
+from dualrun.context import EMPTY, Label, RequestContext
+from dualrun.counters import new_counter, peek
+from dualrun.intercept import Interception, install
+from dualrun.loading import VersionPair
+from dualrun.policy import Fixed, Policy, check_policy
+from dualrun.routing import Route
+
+
+class Dispatcher:
+    """Routes calls between the two versions of a :class:`~dualrun.VersionPair`.
+
+    The policy decides per request (sticky inside a ``dualrun.context``) or per call outside
+    any context; a pin in the context wins over the policy. ``dispatcher.policy = ...`` swaps
+    the policy atomically while calls are in flight; requests already routed keep their version.
+    """
+
+    def __init__(self, versions: VersionPair, policy: Policy | None = None) -> None:
+        if not isinstance(versions, VersionPair):
+            raise ValueError(
+                f"versions is the VersionPair that dualrun.load() returns, got {versions!r}"
+            )
+        self.versions = versions
+        self._routes: dict[str, Route] = {}
+        self._interceptions: list[Interception] = []
+        self.policy_errors = new_counter()
+        self.last_policy_error: str | None = None
+        self._epoch = object()  # decisions cached in a request are valid for one epoch
+        self._fixed: Label | None = None
+        self._policy: Policy = Fixed("old")
+        self.policy = Fixed("old") if policy is None else policy
+
+    # -- policy ----------------------------------------------------------------------------
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        policy = check_policy(policy)
+        # Both fields are read without a lock on the hot path: set the fast path off first.
+        self._fixed = None
+        self._policy = policy
+        self._fixed = policy.label if type(policy) is Fixed else None
+
+    def promote(self) -> None:
+        """Send every call to the new version, including requests already routed to old."""
+        self._switch(Fixed("new"))
+
+    def rollback(self) -> None:
+        """Send every call to the old version, including requests already routed to new."""
+        self._switch(Fixed("old"))
+
+    def _switch(self, policy: Policy) -> None:
+        self.policy = policy
+        self._epoch = object()
+
+    # -- the decision (hot path) -----------------------------------------------------------
+
+    def _decide(self, request: RequestContext | None) -> Label:
+        if request is None:
+            return self._fixed or self._choose(EMPTY)
+        if request.pin is not None:
+            return request.pin
+        label = request.decisions.get(self._epoch)
+        if label is None:
+            label = request.decisions.setdefault(self._epoch, self._choose(request))
+        return label
+
+    def _choose(self, request: RequestContext) -> Label:
+        try:
+            label = self._policy.choose(request)
+        except Exception as exc:  # a broken policy must not break the caller
+            return self._policy_failed(f"{type(exc).__name__}: {exc}")
+        if label == "old" or label == "new":
+            return label
+        return self._policy_failed(f"choose() returned {label!r}, not 'old' or 'new'")
+
+    def _policy_failed(self, why: str) -> Label:
+        next(self.policy_errors)
+        self.last_policy_error = f"{self._policy!r}: {why}"
+        return "old"
+
+    # -- routes ----------------------------------------------------------------------------
+
+    def _route_for(self, target: str) -> Route:
+        route = self._routes.get(target)
+        if route is None:
+            route = self._routes.setdefault(target, Route(self, target))
+        return route
+
+    def route(self, target: str) -> wrapt.FunctionWrapper[Any, Any]:
+        """A callable that routes each call of ``target`` (``"pkg.mod:Qual.name"``).
+
+        It is a wrapt ``FunctionWrapper`` around the old version's target, so its signature,
+        name and docstring look like the target's. The target must exist in both versions.
+        """
+        route = self._route_for(target)
+        return wrapt.FunctionWrapper(route.found["old"].value, route.wrapper())
+
+    def intercept(self, host_target: str, version_target: str) -> Interception:
+        """Patch the host's ``"module:qualname"`` so its calls route to ``version_target``.
+
+        If the host module is not imported yet, the patch is applied when it is. Code that
+        bound the host function earlier (``from host import func``) keeps the unpatched one.
+        """
+        route = self._route_for(version_target)
+        handle = install(host_target, lambda host_is_method: route.wrapper(host_is_method))
+        self._interceptions.append(handle)
+        return handle
+
+    @property
+    def routes(self) -> dict[str, Route]:
+        return dict(self._routes)
+
+    def in_flight(self, label: Label) -> int:
+        """Calls now running in version ``label``, over all routes."""
+        return sum(route.in_flight(label) for route in self._routes.values())
+
+    def close(self) -> None:
+        """Undo every interception this dispatcher made."""
+        for handle in reversed(self._interceptions):
+            handle.undo()
+        self._interceptions.clear()
+
+    def report(self) -> Any:
+        """What the dispatcher saw so far, per route: see :class:`dualrun.report.Report`."""
+        from dualrun.report import build_report
+
+        return build_report(self)
+
+    def policy_error_count(self) -> int:
+        return peek(self.policy_errors)

@@ -1,0 +1,89 @@
+"""Patch an entry point of the host application so that its calls are routed.
+
+The patch is a wrapt ``FunctionWrapper`` set on the host module's (or class's) attribute. If
+the host module is not imported yet, a wrapt post-import hook applies it when it is.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import threading
+from types import ModuleType
+from typing import Any
+
+import wrapt
+
+from dualrun.targets import parse_target
+
+_lock = threading.Lock()
+_ABSENT = object()
+
+
+class Interception:
+    """A patched host entry point; ``undo()`` puts the original back exactly."""
+
+    def __init__(self, host_target: str, make_wrapper: Any) -> None:
+        self.host_target = host_target
+        self._module_name, self._qualname = parse_target(host_target)
+        self._make_wrapper = make_wrapper
+        self._parent: Any = None
+        self._attribute = ""
+        self._own: Any = _ABSENT  # the attribute as it stood in the parent's own __dict__
+        self._proxy: wrapt.FunctionWrapper[Any, Any] | None = None
+        self._undone = False
+
+    @property
+    def applied(self) -> bool:
+        """Whether the host attribute is patched now (False while waiting for the import)."""
+        return self._proxy is not None and not self._undone
+
+    def __repr__(self) -> str:
+        state = "undone" if self._undone else "applied" if self.applied else "pending import"
+        return f"<Interception {self.host_target} ({state})>"
+
+    def _apply(self, module: ModuleType) -> None:
+        with _lock:
+            if self._undone or self._proxy is not None:
+                return
+            parent, attribute, original = wrapt.resolve_path(module, self._qualname)
+            host_is_method = inspect.isclass(parent) and inspect.isfunction(original)
+            self._parent, self._attribute = parent, attribute
+            self._own = vars(parent).get(attribute, _ABSENT) if inspect.isclass(parent) else _ABSENT
+            self._proxy = wrapt.FunctionWrapper(original, self._make_wrapper(host_is_method))
+            setattr(parent, attribute, self._proxy)
+
+    def undo(self) -> None:
+        """Restore the original attribute. Safe to call twice and in any order."""
+        with _lock:
+            if self._undone:
+                return
+            self._undone = True
+            if self._proxy is None:
+                return  # the host module was never imported: the hook will do nothing
+            parent, attribute, proxy = self._parent, self._attribute, self._proxy
+            current = vars(parent).get(attribute, _ABSENT)
+            if current is proxy:
+                if self._own is _ABSENT and inspect.isclass(parent):
+                    delattr(parent, attribute)
+                else:
+                    setattr(parent, attribute, proxy.__wrapped__)
+                return
+            # Someone wrapped over this patch: splice it out of their chain of wrapt wrappers.
+            while isinstance(current, wrapt.ObjectProxy):
+                inner = current.__wrapped__
+                if inner is proxy:
+                    current.__wrapped__ = proxy.__wrapped__
+                    return
+                current = inner
+
+
+def install(host_target: str, make_wrapper: Any) -> Interception:
+    """Patch ``host_target`` now if its module is imported, else when it is."""
+    handle = Interception(host_target, make_wrapper)
+    module = sys.modules.get(handle._module_name)
+    if module is not None:
+        handle._apply(module)
+    else:
+        wrapt.register_post_import_hook(handle._apply, handle._module_name)
+    return handle

@@ -1,0 +1,209 @@
+"""A route: one target (``"pkg.mod:Qual.name"``) as it stands in both versions, and the hot path
+that sends each call to one of them.
+
+The hot path reads the request context, asks the dispatcher for the version, counts the call in
+and out (lock-free), and calls the version's function. No logging, no lock, no allocation that
+grows with history.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any
+
+from dualrun.context import Label, current_request
+from dualrun.counters import new_counter, peek
+from dualrun.errors import TargetNotFoundError
+from dualrun.targets import Found, Kind, find
+
+if TYPE_CHECKING:
+    from dualrun.dispatcher import Dispatcher
+
+Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+def _flavour(fn: Any) -> str:
+    if inspect.iscoroutinefunction(fn):
+        return "async"
+    if inspect.isasyncgenfunction(fn):
+        return "async generator"
+    if inspect.isgeneratorfunction(fn):
+        return "generator"
+    return "sync"
+
+
+class Route:
+    """One routed target: per-version callables and per-version counts."""
+
+    def __init__(self, dispatcher: Dispatcher, target: str) -> None:
+        self.target = target
+        self._dispatcher = dispatcher
+        found = {v.label: find(v, target) for v in dispatcher.versions}
+        old, new = found["old"], found["new"]
+        if old.kind is not new.kind:
+            raise TargetNotFoundError(
+                f"target {target!r} is a {old.kind.value} in the 'old' version but a "
+                f"{new.kind.value} in the 'new' version; a route needs the same kind in both"
+            )
+        self.kind: Kind = old.kind
+        self.flavour = _flavour(old.value)
+        if _flavour(new.value) != self.flavour:
+            raise TargetNotFoundError(
+                f"target {target!r} is a {self.flavour} function in the 'old' version but a "
+                f"{_flavour(new.value)} function in the 'new' version"
+            )
+        self.found: dict[Label, Found] = {"old": old, "new": new}
+        self.entered = {label: new_counter() for label in ("old", "new")}
+        self.left = {label: new_counter() for label in ("old", "new")}
+        self.crossings = new_counter()  # method calls that followed their object's version
+        self._prefixes = {v.label: v.prefix + "." for v in dispatcher.versions}
+
+    # -- what the report reads -------------------------------------------------------------
+
+    def calls(self, label: Label) -> int:
+        return peek(self.entered[label])
+
+    def in_flight(self, label: Label) -> int:
+        return peek(self.entered[label]) - peek(self.left[label])
+
+    # -- the hot path ----------------------------------------------------------------------
+
+    def wrapper(self, prepend_instance: bool = False) -> Wrapper:
+        """The wrapt wrapper function for this route.
+
+        ``prepend_instance``: the host attribute is an instance method but the version's target
+        is a plain function, so the instance is passed as the first argument.
+        """
+        dispatcher = self._dispatcher
+        decide = dispatcher._decide
+        get_request = current_request.get
+        method = self.kind is Kind.METHOD
+        prefixes = self._prefixes
+        crossings = self.crossings
+        slots = {
+            label: (self.found[label].value, self.entered[label], self.left[label])
+            for label in ("old", "new")
+        }
+
+        def owner_of(instance: Any, label: Label) -> Label:
+            # The livepatch rule: a method runs in the version that created its object.
+            module = type(instance).__module__
+            for other, prefix in prefixes.items():
+                if other != label and module.startswith(prefix):
+                    next(crossings)
+                    return other
+            return label
+
+        def call_args(label: Label, instance: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            if method:
+                if instance is None:
+                    if not args:
+                        raise TypeError(
+                            f"{self.target} is a method: call it with the instance first"
+                        )
+                    instance, args = args[0], args[1:]
+                return (instance, *args)
+            if prepend_instance and instance is not None:
+                return (instance, *args)
+            return args
+
+        if self.flavour == "sync" and not method and not prepend_instance:
+
+            def route_function(
+                wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> Any:
+                # The decision, inlined: this is the hot path (see Dispatcher._decide).
+                request = get_request()
+                if request is None:
+                    label = dispatcher._fixed or decide(None)
+                else:
+                    label = (
+                        request.pin or request.decisions.get(dispatcher._epoch) or decide(request)
+                    )
+                fn, entered, left = slots[label]
+                next(entered)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    next(left)
+
+            return route_function
+
+        def choose(instance: Any, args: tuple[Any, ...]) -> tuple[Label, tuple[Any, ...]]:
+            label = decide(get_request())
+            full = call_args(label, instance, args)
+            if method:
+                label = owner_of(full[0], label)
+            return label, full
+
+        if self.flavour == "sync":
+
+            def route_call(
+                wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> Any:
+                label, full = choose(instance, args)
+                fn, entered, left = slots[label]
+                next(entered)
+                try:
+                    return fn(*full, **kwargs)
+                finally:
+                    next(left)
+
+            return route_call
+
+        if self.flavour == "async":
+
+            def route_async(
+                wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> Coroutine[Any, Any, Any]:
+                label, full = choose(instance, args)
+                fn, entered, left = slots[label]
+
+                async def run() -> Any:
+                    next(entered)
+                    try:
+                        return await fn(*full, **kwargs)
+                    finally:
+                        next(left)
+
+                return run()
+
+            return route_async
+
+        if self.flavour == "generator":
+
+            def route_generator(
+                wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> Generator[Any, Any, Any]:
+                label, full = choose(instance, args)
+                fn, entered, left = slots[label]
+
+                def run() -> Generator[Any, Any, Any]:
+                    next(entered)
+                    try:
+                        return (yield from fn(*full, **kwargs))
+                    finally:
+                        next(left)
+
+                return run()
+
+            return route_generator
+
+        def route_async_generator(
+            wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> AsyncIterator[Any]:
+            label, full = choose(instance, args)
+            fn, entered, left = slots[label]
+
+            async def run() -> AsyncIterator[Any]:
+                next(entered)
+                try:
+                    async for item in fn(*full, **kwargs):
+                        yield item
+                finally:
+                    next(left)
+
+            return run()
+
+        return route_async_generator
