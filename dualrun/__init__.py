@@ -1,5 +1,6 @@
 """dualrun: two versions of the same code in one process, chosen call by call."""
 
+from dualrun.compare import Difference
 from dualrun.context import RequestContext, context, current
 from dualrun.dispatcher import Dispatcher
 from dualrun.errors import DualrunWarning, TargetNotFoundError, VersionLoadError
@@ -7,9 +8,12 @@ from dualrun.intercept import Interception
 from dualrun.loading import Version, VersionPair, load, load_version
 from dualrun.policy import Canary, Fixed, Policy, stable_bucket
 from dualrun.report import Report
+from dualrun.shadow import Shadow
+from dualrun.sideeffects import side_effect
 
 __all__ = [
     "Canary",
+    "Difference",
     "Dispatcher",
     "DualrunWarning",
     "Fixed",
@@ -17,6 +21,7 @@ __all__ = [
     "Policy",
     "Report",
     "RequestContext",
+    "Shadow",
     "TargetNotFoundError",
     "Version",
     "VersionLoadError",
@@ -25,5 +30,6 @@ __all__ = [
     "current",
     "load",
     "load_version",
+    "side_effect",
     "stable_bucket",
 ]

@@ -11,7 +11,11 @@ from dualrun.counters import new_counter, peek
 from dualrun.intercept import Interception, install
 from dualrun.loading import VersionPair
 from dualrun.policy import Fixed, Policy, check_policy
+from dualrun.recorder import Recorder
+from dualrun.report import Report, build_report
 from dualrun.routing import Route
+from dualrun.shadow import Shadow, ShadowRunner
+from dualrun.targets import parse_target
 
 
 class Dispatcher:
@@ -22,7 +26,12 @@ class Dispatcher:
     the policy atomically while calls are in flight; requests already routed keep their version.
     """
 
-    def __init__(self, versions: VersionPair, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        versions: VersionPair,
+        policy: Policy | None = None,
+        shadow: Shadow | None = None,
+    ) -> None:
         if not isinstance(versions, VersionPair):
             raise ValueError(
                 f"versions is the VersionPair that dualrun.load() returns, got {versions!r}"
@@ -36,6 +45,9 @@ class Dispatcher:
         self._fixed: Label | None = None
         self._policy: Policy = Fixed("old")
         self.policy = Fixed("old") if policy is None else policy
+        self.recorder = Recorder()
+        self._shadow: ShadowRunner | None = None
+        self.shadow = shadow
 
     # -- policy ----------------------------------------------------------------------------
 
@@ -50,6 +62,23 @@ class Dispatcher:
         self._fixed = None
         self._policy = policy
         self._fixed = policy.label if type(policy) is Fixed else None
+
+    @property
+    def shadow(self) -> Shadow | None:
+        return None if self._shadow is None else self._shadow.config
+
+    @shadow.setter
+    def shadow(self, shadow: Shadow | None) -> None:
+        if shadow is not None and not isinstance(shadow, Shadow):
+            raise ValueError(f"shadow is a dualrun.Shadow(...) or None, got {shadow!r}")
+        previous = self._shadow
+        self._shadow = None if shadow is None else ShadowRunner(shadow, self.recorder)
+        if previous is not None:
+            previous.close(timeout=0)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for queued background shadow runs; False if ``timeout`` ran out first."""
+        return True if self._shadow is None else self._shadow.flush(timeout)
 
     def promote(self) -> None:
         """Send every call to the new version, including requests already routed to old."""
@@ -112,6 +141,7 @@ class Dispatcher:
         If the host module is not imported yet, the patch is applied when it is. Code that
         bound the host function earlier (``from host import func``) keeps the unpatched one.
         """
+        parse_target(host_target)  # bad input fails here, before a route is made
         route = self._route_for(version_target)
         handle = install(host_target, lambda host_is_method: route.wrapper(host_is_method))
         self._interceptions.append(handle)
@@ -125,16 +155,16 @@ class Dispatcher:
         """Calls now running in version ``label``, over all routes."""
         return sum(route.in_flight(label) for route in self._routes.values())
 
-    def close(self) -> None:
-        """Undo every interception this dispatcher made."""
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Undo every interception, finish queued shadow runs (up to ``timeout``), stop."""
         for handle in reversed(self._interceptions):
             handle.undo()
         self._interceptions.clear()
+        if self._shadow is not None:
+            self._shadow.close(timeout)
 
-    def report(self) -> Any:
-        """What the dispatcher saw so far, per route: see :class:`dualrun.report.Report`."""
-        from dualrun.report import build_report
-
+    def report(self) -> Report:
+        """What the dispatcher saw so far, per route: see :class:`dualrun.Report`."""
         return build_report(self)
 
     def policy_error_count(self) -> int:

@@ -18,6 +18,10 @@ from dualrun.targets import parse_target
 
 _lock = threading.Lock()
 _ABSENT = object()
+# wrapt 2 moved its C proxy base to ``BaseObjectProxy``: ``FunctionWrapper`` is not an instance of
+# the (now pure-Python) ``ObjectProxy`` there. wrapt 1.x has only ``ObjectProxy``.
+_PROXY: type[Any] = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
+_applied: dict[int, Interception] = {}  # id(proxy) -> its handle, while the patch is in place
 
 
 class Interception:
@@ -52,6 +56,7 @@ class Interception:
             self._own = vars(parent).get(attribute, _ABSENT) if inspect.isclass(parent) else _ABSENT
             self._proxy = wrapt.FunctionWrapper(original, self._make_wrapper(host_is_method))
             setattr(parent, attribute, self._proxy)
+            _applied[id(self._proxy)] = self
 
     def undo(self) -> None:
         """Restore the original attribute. Safe to call twice and in any order."""
@@ -62,6 +67,7 @@ class Interception:
             if self._proxy is None:
                 return  # the host module was never imported: the hook will do nothing
             parent, attribute, proxy = self._parent, self._attribute, self._proxy
+            _applied.pop(id(proxy), None)
             current = vars(parent).get(attribute, _ABSENT)
             if current is proxy:
                 if self._own is _ABSENT and inspect.isclass(parent):
@@ -70,10 +76,15 @@ class Interception:
                     setattr(parent, attribute, proxy.__wrapped__)
                 return
             # Someone wrapped over this patch: splice it out of their chain of wrapt wrappers.
-            while isinstance(current, wrapt.ObjectProxy):
+            while isinstance(current, _PROXY):
                 inner = current.__wrapped__
                 if inner is proxy:
                     current.__wrapped__ = proxy.__wrapped__
+                    outer = _applied.get(id(current))
+                    if outer is not None and outer._own is proxy:
+                        # The outer patch saw ours as the class's own attribute; it now stands
+                        # where ours stood (possibly nowhere: an attribute inherited from a base).
+                        outer._own = self._own
                     return
                 current = inner
 

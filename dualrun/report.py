@@ -1,15 +1,48 @@
-"""What a dispatcher saw, per route, in a form a reviewer reads before pressing promote."""
+"""What a dispatcher saw, per route: the page a reviewer reads before pressing promote.
+
+A :class:`Report` is plain data built from the aggregates (in process, or rebuilt from event
+logs), rendered as text for a terminal, Markdown for a pull request, or JSON with a stable
+schema (``"schema": 1``).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from dualrun.counters import peek
+from dualrun.recorder import DivergenceGroup, RouteAggregate
 
 if TYPE_CHECKING:
     from dualrun.dispatcher import Dispatcher
 
 SCHEMA_VERSION = 1
+Z_95 = 1.959963984540054
+QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+
+
+def wilson(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a proportion; (0, 1) when there are no trials."""
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class Divergence:
+    """A group of differences with one signature (generalised path + kind)."""
+
+    path: str
+    kind: str
+    count: int
+    share: float  # of the route's comparisons
+    examples: list[dict[str, Any]]
 
 
 @dataclass
@@ -17,19 +50,92 @@ class RouteReport:
     """One route's numbers."""
 
     route: str
-    calls: dict[str, int]
-    in_flight: dict[str, int]
+    calls: dict[str, int] = field(default_factory=lambda: {"old": 0, "new": 0})
+    in_flight: dict[str, int] = field(default_factory=lambda: {"old": 0, "new": 0})
     crossings: int = 0  # method calls that ran in their object's version, not the chosen one
+    comparisons: int = 0
+    matches: int = 0
+    mismatches: int = 0
+    noise: int = 0
+    timeouts: int = 0
+    dropped: int = 0
+    skipped: int = 0
+    internal_errors: int = 0
+    last_internal_error: str | None = None
+    errors: dict[str, int] = field(default_factory=lambda: {"old": 0, "new": 0})
+    mismatch_rate: float | None = None
+    mismatch_rate_ci: tuple[float, float] | None = None
+    latency_ns: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    latency_ratio: dict[str, float | None] = field(default_factory=dict)  # new / old
+    divergences: list[Divergence] = field(default_factory=list)
+    noise_divergences: list[Divergence] = field(default_factory=list)
+    divergences_overflow: int = 0
+    timeline: list[list[int]] = field(default_factory=list)  # [minute, comparisons, mismatches]
+
+
+def _divergences(groups: dict[str, DivergenceGroup], comparisons: int) -> list[Divergence]:
+    ordered = sorted(groups.values(), key=lambda g: (-g.count, g.path, g.kind))
+    return [
+        Divergence(
+            g.path, g.kind, g.count, g.count / comparisons if comparisons else 0.0, list(g.examples)
+        )
+        for g in ordered
+    ]
+
+
+def route_report(
+    route: str, calls: dict[str, int], crossings: int, aggregate: RouteAggregate | None
+) -> RouteReport:
+    """One route's report from its call counts and its comparison aggregate."""
+    report = RouteReport(route=route, calls=dict(calls), crossings=crossings)
+    if aggregate is None:
+        return report
+    for name in (
+        "comparisons",
+        "matches",
+        "mismatches",
+        "noise",
+        "timeouts",
+        "dropped",
+        "skipped",
+        "internal_errors",
+        "last_internal_error",
+        "divergences_overflow",
+    ):
+        source = "groups_overflow" if name == "divergences_overflow" else name
+        setattr(report, name, getattr(aggregate, source))
+    report.errors = dict(aggregate.errors)
+    if aggregate.comparisons:
+        report.mismatch_rate = aggregate.mismatches / aggregate.comparisons
+        report.mismatch_rate_ci = wilson(aggregate.mismatches, aggregate.comparisons)
+    for label in ("old", "new"):
+        histogram = aggregate.latency[label]
+        report.latency_ns[label] = {name: histogram.quantile(q) for name, q in QUANTILES}
+    for name, _ in QUANTILES:
+        old, new = report.latency_ns["old"][name], report.latency_ns["new"][name]
+        report.latency_ratio[name] = new / old if old and new is not None else None
+    report.divergences = _divergences(aggregate.groups, aggregate.comparisons)
+    report.noise_divergences = _divergences(aggregate.noise_groups, aggregate.comparisons)
+    report.timeline = [[minute, *counts] for minute, counts in sorted(aggregate.timeline.items())]
+    return report
 
 
 @dataclass
 class Report:
-    """Per-route counts; rendered as text, Markdown or JSON."""
+    """Per-route counts, comparisons, latencies and divergences."""
 
     policy: str
     routes: list[RouteReport] = field(default_factory=list)
     policy_errors: int = 0
     last_policy_error: str | None = None
+
+    def route(self, name: str) -> RouteReport:
+        for route in self.routes:
+            if route.route == name:
+                return route
+        raise KeyError(
+            f"no route {name!r} in this report; routes: {[r.route for r in self.routes]}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA_VERSION, **asdict(self)}
@@ -37,74 +143,37 @@ class Report:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    def _rows(self) -> list[tuple[str, ...]]:
-        return [
-            (
-                r.route,
-                str(r.calls["old"]),
-                str(r.calls["new"]),
-                _share(r.calls["new"], r.calls["old"] + r.calls["new"]),
-                str(r.crossings),
-            )
-            for r in self.routes
-        ]
-
-    _HEADER = ("route", "old calls", "new calls", "new share", "crossings")
-
     def to_text(self) -> str:
-        rows = [self._HEADER, *self._rows()]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(self._HEADER))]
-        lines = [f"dualrun report — policy {self.policy}"]
-        for n, row in enumerate(rows):
-            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
-            if n == 0:
-                lines.append("  ".join("-" * w for w in widths))
-        lines += self._notes()
-        return "\n".join(lines)
+        from dualrun.render import render_text
+
+        return render_text(self)
 
     def to_markdown(self) -> str:
-        lines = [f"### dualrun report — policy `{self.policy}`", ""]
-        lines.append("| " + " | ".join(self._HEADER) + " |")
-        lines.append("|" + "---|" * len(self._HEADER))
-        lines += ["| `" + row[0] + "` | " + " | ".join(row[1:]) + " |" for row in self._rows()]
-        lines += ["", *self._notes()]
-        return "\n".join(lines).rstrip() + "\n"
+        from dualrun.render import render_markdown
 
-    def _notes(self) -> list[str]:
-        notes = []
-        if any(r.crossings for r in self.routes):
-            notes.append(
-                "crossings: method calls on an object of one version while the request was routed "
-                "to the other; each ran in the object's own version"
-            )
-        if self.policy_errors:
-            notes.append(
-                f"policy errors: {self.policy_errors} (served by old); last: "
-                f"{self.last_policy_error}"
-            )
-        return notes
-
-
-def _share(part: int, whole: int) -> str:
-    return f"{100.0 * part / whole:.1f}%" if whole else "-"
+        return render_markdown(self)
 
 
 def build_report(dispatcher: Dispatcher) -> Report:
-    """Read the dispatcher's counters into a :class:`Report`."""
-    from dualrun.counters import peek
-
-    routes = [
-        RouteReport(
-            route=name,
-            calls={label: route.calls(label) for label in ("old", "new")},
-            in_flight={label: route.in_flight(label) for label in ("old", "new")},
-            crossings=peek(route.crossings),
-        )
-        for name, route in sorted(dispatcher.routes.items())
-    ]
+    """Read the dispatcher's counters and aggregates into a :class:`Report`."""
+    aggregates = dispatcher.recorder.snapshot()
+    routes = dispatcher.routes
+    names = sorted(set(routes) | set(aggregates))
+    reports = []
+    for name in names:
+        route = routes.get(name)
+        calls = {"old": 0, "new": 0}
+        crossings = 0
+        if route is not None:
+            calls = {label: route.calls(label) for label in ("old", "new")}
+            crossings = peek(route.crossings)
+        report = route_report(name, calls, crossings, aggregates.get(name))
+        if route is not None:
+            report.in_flight = {label: route.in_flight(label) for label in ("old", "new")}
+        reports.append(report)
     return Report(
         policy=repr(dispatcher.policy),
-        routes=routes,
+        routes=reports,
         policy_errors=dispatcher.policy_error_count(),
         last_policy_error=dispatcher.last_policy_error,
     )

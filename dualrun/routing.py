@@ -58,6 +58,15 @@ class Route:
         self.left = {label: new_counter() for label in ("old", "new")}
         self.crossings = new_counter()  # method calls that followed their object's version
         self._prefixes = {v.label: v.prefix + "." for v in dispatcher.versions}
+        # Shadow runs count apart: they are in flight in their version but serve no caller.
+        self.slots = {
+            label: (self.found[label].value, self.entered[label], self.left[label])
+            for label in ("old", "new")
+        }
+        self.shadow_slots = {
+            label: (self.found[label].value, new_counter(), new_counter())
+            for label in ("old", "new")
+        }
 
     # -- what the report reads -------------------------------------------------------------
 
@@ -65,7 +74,10 @@ class Route:
         return peek(self.entered[label])
 
     def in_flight(self, label: Label) -> int:
-        return peek(self.entered[label]) - peek(self.left[label])
+        """Calls running in ``label`` now, serving callers or as shadows."""
+        _, entered, left = self.shadow_slots[label]
+        serving = peek(self.entered[label]) - peek(self.left[label])
+        return serving + peek(entered) - peek(left)
 
     # -- the hot path ----------------------------------------------------------------------
 
@@ -81,21 +93,18 @@ class Route:
         method = self.kind is Kind.METHOD
         prefixes = self._prefixes
         crossings = self.crossings
-        slots = {
-            label: (self.found[label].value, self.entered[label], self.left[label])
-            for label in ("old", "new")
-        }
+        slots = self.slots
 
-        def owner_of(instance: Any, label: Label) -> Label:
-            # The livepatch rule: a method runs in the version that created its object.
+        def owner_of(instance: Any) -> Label | None:
             module = type(instance).__module__
-            for other, prefix in prefixes.items():
-                if other != label and module.startswith(prefix):
-                    next(crossings)
-                    return other
-            return label
+            for label, prefix in prefixes.items():
+                if module.startswith(prefix):
+                    return label
+            return None
 
-        def call_args(label: Label, instance: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        def choose(instance: Any, args: tuple[Any, ...]) -> tuple[Label, tuple[Any, ...], bool]:
+            """The version, the full arguments, and whether the call may be shadowed."""
+            label = decide(get_request())
             if method:
                 if instance is None:
                     if not args:
@@ -103,10 +112,17 @@ class Route:
                             f"{self.target} is a method: call it with the instance first"
                         )
                     instance, args = args[0], args[1:]
-                return (instance, *args)
+                owner = owner_of(instance)
+                if owner is not None:
+                    # The livepatch rule: a method runs in the version that created its object,
+                    # and such a call cannot be shadowed (the other version has no such object).
+                    if owner != label:
+                        next(crossings)
+                    return owner, (instance, *args), False
+                return label, (instance, *args), True
             if prepend_instance and instance is not None:
-                return (instance, *args)
-            return args
+                return label, (instance, *args), True
+            return label, args, True
 
         if self.flavour == "sync" and not method and not prepend_instance:
 
@@ -121,6 +137,9 @@ class Route:
                     label = (
                         request.pin or request.decisions.get(dispatcher._epoch) or decide(request)
                     )
+                shadow = dispatcher._shadow
+                if shadow is not None and shadow.wants(label, request):
+                    return shadow.call(self, label, args, kwargs)
                 fn, entered, left = slots[label]
                 next(entered)
                 try:
@@ -130,19 +149,15 @@ class Route:
 
             return route_function
 
-        def choose(instance: Any, args: tuple[Any, ...]) -> tuple[Label, tuple[Any, ...]]:
-            label = decide(get_request())
-            full = call_args(label, instance, args)
-            if method:
-                label = owner_of(full[0], label)
-            return label, full
-
         if self.flavour == "sync":
 
             def route_call(
                 wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
             ) -> Any:
-                label, full = choose(instance, args)
+                label, full, shadowable = choose(instance, args)
+                shadow = dispatcher._shadow
+                if shadowable and shadow is not None and shadow.wants(label, get_request()):
+                    return shadow.call(self, label, full, kwargs)
                 fn, entered, left = slots[label]
                 next(entered)
                 try:
@@ -157,7 +172,10 @@ class Route:
             def route_async(
                 wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
             ) -> Coroutine[Any, Any, Any]:
-                label, full = choose(instance, args)
+                label, full, shadowable = choose(instance, args)
+                shadow = dispatcher._shadow
+                if shadowable and shadow is not None and shadow.wants(label, get_request()):
+                    return shadow.call_async(self, label, full, kwargs)
                 fn, entered, left = slots[label]
 
                 async def run() -> Any:
@@ -176,7 +194,7 @@ class Route:
             def route_generator(
                 wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
             ) -> Generator[Any, Any, Any]:
-                label, full = choose(instance, args)
+                label, full, _ = choose(instance, args)
                 fn, entered, left = slots[label]
 
                 def run() -> Generator[Any, Any, Any]:
@@ -193,7 +211,7 @@ class Route:
         def route_async_generator(
             wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> AsyncIterator[Any]:
-            label, full = choose(instance, args)
+            label, full, _ = choose(instance, args)
             fn, entered, left = slots[label]
 
             async def run() -> AsyncIterator[Any]:

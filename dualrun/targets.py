@@ -71,6 +71,11 @@ def find(version: Version, target: str) -> Found:
     describe = (
         f"target {target!r} does not exist in the {version.label!r} version ({version.source})"
     )
+    if module_name.partition(".")[0] not in version.tops:
+        raise TargetNotFoundError(
+            f"{describe}: {module_name!r} is not part of it (its top-level names are "
+            f"{', '.join(version.tops)})"
+        )
     try:
         module = version.import_module(module_name)
     except ModuleNotFoundError as exc:

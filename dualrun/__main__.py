@@ -1,0 +1,5 @@
+"""``python -m dualrun``: the same as the ``dualrun`` console script."""
+
+from dualrun.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,609 @@
+"""Shadow execution: serve the primary's result, run the other version too, and compare.
+
+The caller always gets the primary's value or exception, unchanged. Whatever the shadow does
+(raise, hang, run slowly, return garbage) and whatever the comparison does (a comparator that
+raises) is caught here, recorded, and never reaches the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextvars import copy_context
+from dataclasses import dataclass
+from time import perf_counter_ns, thread_time_ns
+from typing import TYPE_CHECKING, Any
+
+from dualrun.compare import Differ, Difference, IgnoreRules, exception_key, generalize, short_repr
+from dualrun.context import EMPTY, Label, RequestContext, check_label, current_request
+from dualrun.policy import stable_bucket
+from dualrun.recorder import Observation, Outcome, Recorder
+from dualrun.sideeffects import Run, current_run, diff_side_effects
+from dualrun.workers import WorkerPool
+
+if TYPE_CHECKING:
+    from dualrun.routing import Route
+
+Args = tuple[tuple[Any, ...], dict[str, Any]]
+_IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), complex, range})
+_SAMPLE_SALT = "dualrun-shadow"
+MAX_NOISE_PATHS = 1000
+
+
+def copy_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Args:
+    """Deep copy of the arguments, skipped when every argument is an immutable atom."""
+    if all(type(a) in _IMMUTABLE for a in args) and all(
+        type(v) in _IMMUTABLE for v in kwargs.values()
+    ):
+        return args, kwargs
+    copied: Args = copy.deepcopy((args, kwargs))
+    return copied
+
+
+class Shadow:
+    """How to shadow: which calls, how to run the other version, and how to compare.
+
+    ``primary``: shadow the calls the policy sends to ``"old"`` (the default: new runs beside
+    old), to ``"new"`` (old runs beside the canary), or ``"any"``. ``sample``: percent of those
+    calls, stable per request key. ``mode``: ``"inline"`` runs both in the caller's thread in
+    random order; ``"background"`` returns the primary's result at once and runs the shadow on
+    a bounded worker pool. ``timeout``: seconds the shadow may take. ``compare``: a function
+    ``(old, new) -> bool | list[Difference]``; ``ignore``: paths such as ``$.items[*].id``;
+    ``clean``: maps each value before comparison; ``calibrate``: learn noisy paths by running
+    the primary twice (see the README). ``copy``: ``(args, kwargs) -> (args, kwargs)`` for the
+    shadow's arguments, or ``None`` to share them.
+    """
+
+    def __init__(
+        self,
+        primary: str = "old",
+        sample: float = 100,
+        compare: Callable[[Any, Any], bool | list[Difference]] | None = None,
+        ignore: Iterable[str] = (),
+        mode: str = "inline",
+        timeout: float | None = None,
+        calibrate: bool = False,
+        *,
+        clean: Callable[[Any], Any] | None = None,
+        copy: Callable[[tuple[Any, ...], dict[str, Any]], Args] | None = copy_arguments,
+        tolerance: float = 0.0,
+        exception_key: Callable[[BaseException], object] = exception_key,
+        workers: int = 2,
+        queue_size: int = 1000,
+        calibrate_calls: int = 20,
+        calibrate_sample: float = 5.0,
+    ) -> None:
+        if primary != "any":
+            check_label(primary, "Shadow primary (or 'any')")
+        self.primary = primary
+        self.sample = _percent(sample, "Shadow sample")
+        if compare is not None and not callable(compare):
+            raise ValueError(f"compare is a callable (old, new) -> bool | list, got {compare!r}")
+        self.compare = compare
+        self.ignore = IgnoreRules(ignore)
+        if mode not in ("inline", "background"):
+            raise ValueError(f"Shadow mode is 'inline' or 'background', got {mode!r}")
+        self.mode = mode
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+        ):
+            raise ValueError(
+                f"Shadow timeout is a number of seconds > 0 (or None), got {timeout!r}"
+            )
+        self.timeout = None if timeout is None else float(timeout)
+        self.calibrate = bool(calibrate)
+        for hook, what in ((clean, "clean"), (copy, "copy")):
+            if hook is not None and not callable(hook):
+                raise ValueError(f"{what} is a callable (or None), got {hook!r}")
+        self.clean = clean
+        self.copy = copy
+        self.differ = Differ(tolerance=tolerance, exception_key=exception_key)
+        for number, what in ((workers, "workers"), (queue_size, "queue_size")):
+            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+                raise ValueError(f"Shadow {what} is a whole number >= 1, got {number!r}")
+        self.workers = workers
+        self.queue_size = queue_size
+        if isinstance(calibrate_calls, bool) or not isinstance(calibrate_calls, int):
+            raise ValueError(f"calibrate_calls is a whole number >= 0, got {calibrate_calls!r}")
+        self.calibrate_calls = max(0, calibrate_calls)
+        self.calibrate_sample = _percent(calibrate_sample, "calibrate_sample")
+
+    def __repr__(self) -> str:
+        return (
+            f"Shadow(primary={self.primary!r}, sample={self.sample:g}, mode={self.mode!r}, "
+            f"timeout={self.timeout}, calibrate={self.calibrate})"
+        )
+
+
+def _percent(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"{what} is a percent from 0 to 100, got {value!r}")
+    if not 0 <= value <= 100:
+        raise ValueError(f"{what} is a percent from 0 to 100, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class _Result:
+    value: Any
+    error: BaseException | None
+    wall_ns: int
+    cpu_ns: int
+    run: Run
+    timed_out: bool = False
+
+
+def _other(label: Label) -> Label:
+    return "new" if label == "old" else "old"
+
+
+def _execute(fn: Callable[..., Any], args: Args, run: Run, request: RequestContext) -> _Result:
+    """Run one version on its own arguments, catching everything but Ctrl-C."""
+    run_token = current_run.set(run)
+    request_token = current_request.set(request)
+    wall, cpu = perf_counter_ns(), thread_time_ns()
+    try:
+        value, error = fn(*args[0], **args[1]), None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        value, error = None, exc
+    wall, cpu = perf_counter_ns() - wall, thread_time_ns() - cpu
+    current_request.reset(request_token)
+    current_run.reset(run_token)
+    return _Result(value, error, wall, cpu, run)
+
+
+async def _execute_async(
+    fn: Callable[..., Any], args: Args, run: Run, request: RequestContext, timeout: float | None
+) -> _Result:
+    """Await one version, bounded by ``timeout`` (an await can be cancelled, unlike a call)."""
+    run_token = current_run.set(run)
+    request_token = current_request.set(request)
+    wall, cpu = perf_counter_ns(), thread_time_ns()
+    timed_out = False
+    try:
+        value, error = await asyncio.wait_for(fn(*args[0], **args[1]), timeout), None
+    except TimeoutError:
+        value, error, timed_out = None, None, True
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        value, error = None, exc
+    wall, cpu = perf_counter_ns() - wall, thread_time_ns() - cpu
+    current_request.reset(request_token)
+    current_run.reset(run_token)
+    return _Result(value, error, wall, cpu, run, timed_out)
+
+
+class ShadowRunner:
+    """The shadowing of one dispatcher: sampling, running, comparing, recording."""
+
+    def __init__(self, config: Shadow, recorder: Recorder) -> None:
+        self.config = config
+        self.recorder = recorder
+        self._noise: dict[str, set[str]] = {}  # route -> generalised paths seen to be noisy
+        self._calibrations: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._pool = WorkerPool(config.workers, config.queue_size, "dualrun-shadow")
+        self._timeout_pool: ThreadPoolExecutor | None = None
+        self._timeout_slots = threading.BoundedSemaphore(config.workers)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- which calls ------------------------------------------------------------------------
+
+    def wants(self, label: Label, request: RequestContext | None) -> bool:
+        """Whether this call, served by ``label``, is to be shadowed."""
+        if current_run.get() is not None:
+            return False  # already inside a shadowed call: the outer comparison covers this one
+        primary = self.config.primary
+        if primary != "any" and primary != label:
+            return False
+        sample = self.config.sample
+        if sample >= 100:
+            return True
+        if request is None or request.key is None:
+            return random.random() * 100 < sample
+        return stable_bucket(request.key, _SAMPLE_SALT) < sample
+
+    # -- sync calls ---------------------------------------------------------------------------
+
+    def call(
+        self, route: Route, label: Label, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Serve ``label``'s result for this call and shadow it with the other version."""
+        fn, entered, left = route.slots[label]
+        request = current_request.get() or EMPTY
+        prepared = self._prepare(route, args, kwargs)
+        if prepared is None:
+            next(entered)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                next(left)
+        shadow_args, again_args = prepared
+        inline = self.config.mode == "inline"
+        shadow_first = inline and random.random() < 0.5
+        early = self._shadow_sync(route, label, shadow_args, request) if shadow_first else None
+        primary_run = Run(shadow=False)
+        token = current_run.set(primary_run)
+        next(entered)
+        wall, cpu = perf_counter_ns(), thread_time_ns()
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            result = _Result(
+                None, exc, perf_counter_ns() - wall, thread_time_ns() - cpu, primary_run
+            )
+            next(left)
+            current_run.reset(token)
+            self._after(
+                route, label, result, (args, kwargs), shadow_args, again_args, early, request
+            )
+            raise
+        result = _Result(value, None, perf_counter_ns() - wall, thread_time_ns() - cpu, primary_run)
+        next(left)
+        current_run.reset(token)
+        self._after(route, label, result, (args, kwargs), shadow_args, again_args, early, request)
+        return value
+
+    def _prepare(
+        self, route: Route, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Args, Args | None] | None:
+        """The shadow's own arguments (and the calibration run's), or None to skip shadowing."""
+        copier = self.config.copy
+        try:
+            shadow_args = (args, kwargs) if copier is None else copier(args, kwargs)
+            again = None
+            if self._calibration_due(route.target):
+                again = (args, kwargs) if copier is None else copier(args, kwargs)
+        except Exception as exc:
+            self.recorder.count(route.target, "skipped", f"copying the arguments: {exc!r}")
+            return None
+        return shadow_args, again
+
+    def _calibration_due(self, target: str) -> bool:
+        if not self.config.calibrate:
+            return False
+        with self._lock:
+            done = self._calibrations.get(target, 0)
+            due = done < self.config.calibrate_calls or (
+                random.random() * 100 < self.config.calibrate_sample
+            )
+            if due:
+                self._calibrations[target] = done + 1
+        return due
+
+    def _after(
+        self,
+        route: Route,
+        label: Label,
+        primary: _Result,
+        primary_args: Args,
+        shadow_args: Args,
+        again_args: Args | None,
+        early: _Result | None,
+        request: RequestContext,
+    ) -> None:
+        if self.config.mode == "inline":
+            self._finish(
+                route, label, primary, primary_args, shadow_args, again_args, early, request
+            )
+            return
+        # Background: the primary's arguments may change once the caller has them back.
+        snapshot = primary_args if shadow_args is primary_args else self._snapshot(primary_args)
+        context = copy_context()
+
+        def job() -> None:
+            context.run(
+                self._finish,
+                route,
+                label,
+                primary,
+                snapshot,
+                shadow_args,
+                again_args,
+                None,
+                request,
+            )
+
+        if not self._pool.submit(job):
+            self.recorder.count(route.target, "dropped")
+
+    def _snapshot(self, args: Args) -> Args:
+        copier = self.config.copy
+        try:
+            return args if copier is None else copier(*args)
+        except Exception:
+            return args
+
+    def _shadow_sync(
+        self,
+        route: Route,
+        label: Label,
+        args: Args,
+        request: RequestContext,
+        runs_as: Label | None = None,
+    ) -> _Result:
+        """Run the other version (or ``runs_as``) on ``args``; bounded by the timeout inline."""
+        other = runs_as or _other(label)
+        fn, entered, left = route.shadow_slots[other]
+        shadow_request = RequestContext(request.key, other, request.attrs, {})
+        timeout = self.config.timeout
+
+        def run() -> _Result:
+            next(entered)
+            try:
+                return _execute(fn, args, Run(shadow=True), shadow_request)
+            finally:
+                next(left)
+
+        if timeout is None or self.config.mode == "background":
+            result = run()
+            if timeout is not None and result.wall_ns > timeout * 1e9:
+                result.timed_out = True
+            return result
+        return self._run_bounded(run, timeout)
+
+    def _run_bounded(self, run: Callable[[], _Result], timeout: float) -> _Result:
+        """Run on a helper thread and wait at most ``timeout``: the caller's wait is bounded,
+        the shadow itself cannot be interrupted and finishes (or hangs) on its own."""
+        if not self._timeout_slots.acquire(blocking=False):
+            return _Result(None, None, 0, 0, Run(shadow=True), timed_out=True)
+        if self._timeout_pool is None:
+            with self._lock:
+                if self._timeout_pool is None:
+                    self._timeout_pool = ThreadPoolExecutor(
+                        self.config.workers, thread_name_prefix="dualrun-timeout"
+                    )
+
+        def bounded() -> _Result:
+            try:
+                return run()
+            finally:
+                self._timeout_slots.release()
+
+        started = perf_counter_ns()
+        future = self._timeout_pool.submit(copy_context().run, bounded)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            return _Result(None, None, perf_counter_ns() - started, 0, Run(True), timed_out=True)
+
+    def _finish(
+        self,
+        route: Route,
+        label: Label,
+        primary: _Result,
+        primary_args: Args,
+        shadow_args: Args,
+        again_args: Args | None,
+        shadow: _Result | None,
+        request: RequestContext,
+    ) -> None:
+        """Run what is left (shadow, calibration), compare, record. Never raises."""
+        try:
+            if shadow is None:
+                shadow = self._shadow_sync(route, label, shadow_args, request)
+            if again_args is not None:
+                again = self._shadow_sync(route, label, again_args, request, runs_as=label)
+                self._learn_noise(route.target, primary, again)
+            compared_args = None if shadow_args is primary_args else (primary_args, shadow_args)
+            self._record(route.target, label, primary, shadow, compared_args, request)
+        except Exception as exc:  # dualrun's own failure must not reach the caller
+            self.recorder.count(route.target, "internal_errors", f"{type(exc).__name__}: {exc}")
+
+    # -- comparison ---------------------------------------------------------------------------
+
+    def _clean(self, result: _Result) -> Any:
+        clean = self.config.clean
+        return result.value if clean is None or result.error is not None else clean(result.value)
+
+    def _differences(self, old: _Result, new: _Result) -> list[Difference]:
+        config = self.config
+        old_value, new_value = self._clean(old), self._clean(new)
+        if config.compare is not None and old.error is None and new.error is None:
+            verdict = config.compare(old_value, new_value)
+            if isinstance(verdict, bool):
+                if verdict:
+                    return []
+                return [Difference("$", "value", short_repr(old_value), short_repr(new_value))]
+            return list(verdict)
+        return config.differ.diff_outcomes(old_value, old.error, new_value, new.error)
+
+    def _learn_noise(self, target: str, first: _Result, again: _Result) -> None:
+        if again.timed_out:
+            return
+        noisy = {generalize(d.path) for d in self._differences(first, again)}
+        if noisy:
+            with self._lock:
+                known = self._noise.setdefault(target, set())
+                if len(known) < MAX_NOISE_PATHS:
+                    known |= noisy
+
+    def noise_paths(self, target: str) -> set[str]:
+        """Generalised paths seen to differ between two runs of the same version."""
+        with self._lock:
+            return set(self._noise.get(target, ()))
+
+    def _is_noise(self, noise: set[str], difference: Difference) -> bool:
+        path = generalize(difference.path)
+        if path in noise:
+            return True
+        return any(
+            path.startswith(n) and path[len(n)] in ".[{" for n in noise if len(n) < len(path)
+        )
+
+    def _record(
+        self,
+        target: str,
+        label: Label,
+        primary: _Result,
+        shadow: _Result,
+        compared_args: tuple[Args, Args] | None,
+        request: RequestContext,
+    ) -> None:
+        old, new = (primary, shadow) if label == "old" else (shadow, primary)
+        differences: list[Difference] = []
+        noise: list[Difference] = []
+        if shadow.timed_out:
+            status = "timeout"
+        else:
+            differ = self.config.differ
+            differences = self._differences(old, new)
+            differences += diff_side_effects(differ, old.run, new.run)
+            if compared_args is not None:
+                old_args, new_args = compared_args if label == "old" else compared_args[::-1]
+                differences += differ.diff(
+                    {"args": old_args[0], "kwargs": old_args[1]},
+                    {"args": new_args[0], "kwargs": new_args[1]},
+                    "$arguments",
+                )
+            differences = self.config.ignore.filter(differences)
+            noisy = self.noise_paths(target) if self.config.calibrate else set()
+            if noisy:
+                noise = [d for d in differences if self._is_noise(noisy, d)]
+                differences = [d for d in differences if not self._is_noise(noisy, d)]
+            status = "mismatch" if differences else "noise" if noise else "match"
+        key = (
+            None
+            if request.key is None
+            else short_repr(request.key)
+            if not isinstance(request.key, str)
+            else request.key[:200]
+        )
+        self.recorder.record(
+            Observation(
+                route=target,
+                key=key,
+                primary=label,
+                old=_outcome("old", old),
+                new=_outcome("new", new),
+                differences=tuple(differences),
+                noise=tuple(noise),
+                status=status,
+                time=time.time(),
+            )
+        )
+
+    # -- async calls -------------------------------------------------------------------------
+
+    async def call_async(
+        self, route: Route, label: Label, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """The async counterpart of :meth:`call`: the shadow is a task on the same loop."""
+        fn, entered, left = route.slots[label]
+        request = current_request.get() or EMPTY
+        prepared = self._prepare(route, args, kwargs)
+        if prepared is None:
+            next(entered)
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                next(left)
+        shadow_args, again_args = prepared
+        inline = self.config.mode == "inline"
+        early = None
+        if inline and random.random() < 0.5:
+            early = await self._shadow_async(route, label, shadow_args, request)
+        primary_run = Run(shadow=False)
+        token = current_run.set(primary_run)
+        next(entered)
+        wall, cpu = perf_counter_ns(), thread_time_ns()
+        error: BaseException | None = None
+        value: Any = None
+        try:
+            value = await fn(*args, **kwargs)
+        except BaseException as exc:
+            error = exc
+        result = _Result(
+            value, error, perf_counter_ns() - wall, thread_time_ns() - cpu, primary_run
+        )
+        next(left)
+        current_run.reset(token)
+        finish = self._finish_async(
+            route, label, result, (args, kwargs), shadow_args, again_args, early, request
+        )
+        if inline:
+            await finish
+        elif len(self._tasks) >= self.config.queue_size:
+            finish.close()
+            self.recorder.count(route.target, "dropped")
+        else:
+            task = asyncio.get_running_loop().create_task(finish)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if error is not None:
+            raise error
+        return value
+
+    async def _shadow_async(
+        self,
+        route: Route,
+        label: Label,
+        args: Args,
+        request: RequestContext,
+        runs_as: Label | None = None,
+    ) -> _Result:
+        other = runs_as or _other(label)
+        fn, entered, left = route.shadow_slots[other]
+        next(entered)
+        try:
+            return await _execute_async(
+                fn,
+                args,
+                Run(shadow=True),
+                RequestContext(request.key, other, request.attrs, {}),
+                self.config.timeout,
+            )
+        finally:
+            next(left)
+
+    async def _finish_async(
+        self,
+        route: Route,
+        label: Label,
+        primary: _Result,
+        primary_args: Args,
+        shadow_args: Args,
+        again_args: Args | None,
+        shadow: _Result | None,
+        request: RequestContext,
+    ) -> None:
+        try:
+            if shadow is None:
+                shadow = await self._shadow_async(route, label, shadow_args, request)
+            if again_args is not None:
+                again = await self._shadow_async(route, label, again_args, request, label)
+                self._learn_noise(route.target, primary, again)
+            compared_args = None if shadow_args is primary_args else (primary_args, shadow_args)
+            self._record(route.target, label, primary, shadow, compared_args, request)
+        except Exception as exc:
+            self.recorder.count(route.target, "internal_errors", f"{type(exc).__name__}: {exc}")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until queued background shadow runs are done; False if ``timeout`` ran out."""
+        return self._pool.join(timeout)
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Finish queued shadow runs (up to ``timeout``) and stop the worker threads."""
+        self._pool.close(timeout)
+        if self._timeout_pool is not None:
+            self._timeout_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _outcome(label: str, result: _Result) -> Outcome:
+    error = None
+    if result.error is not None:
+        error = f"{type(result.error).__qualname__}: {short_repr(str(result.error))}"
+    value = None if result.error is not None or result.timed_out else short_repr(result.value)
+    return Outcome(label, value, error, result.wall_ns, result.cpu_ns, result.timed_out)

@@ -1,0 +1,87 @@
+"""A bounded pool of daemon threads that never blocks the thread that submits work.
+
+``submit`` is one ``SimpleQueue.put`` (a C call, no lock held by Python code) after a check of
+the number of pending jobs; when that number reaches the bound, the job is refused and the
+caller counts it as dropped.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from dualrun.counters import new_counter, peek
+
+Job = Callable[[], None]
+_STOP = object()
+
+
+class WorkerPool:
+    """``workers`` threads started on first use, at most ``bound`` jobs waiting or running."""
+
+    def __init__(self, workers: int, bound: int, name: str) -> None:
+        self._workers = workers
+        self._bound = bound
+        self._name = name
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._submitted = new_counter()
+        self._finished = new_counter()
+        self._threads: list[threading.Thread] = []
+        self._start_lock = threading.Lock()
+        self._closed = False
+
+    def pending(self) -> int:
+        """Jobs submitted and not finished yet."""
+        return peek(self._submitted) - peek(self._finished)
+
+    def submit(self, job: Job) -> bool:
+        """Queue ``job``; False (and nothing queued) if the pool is full or closed."""
+        if self._closed or self.pending() >= self._bound:
+            return False
+        if not self._threads:
+            self._start()
+        next(self._submitted)
+        self._queue.put(job)
+        return True
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._threads:
+                return
+            for i in range(self._workers):
+                thread = threading.Thread(target=self._work, name=f"{self._name}-{i}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is _STOP:
+                return
+            try:
+                job()  # type: ignore[operator]
+            except Exception:
+                pass
+            finally:
+                next(self._finished)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted job has finished; False if ``timeout`` ran out first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.pending() > 0:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+    def close(self, timeout: float | None = 5.0) -> bool:
+        """Refuse new jobs, let the queued ones finish (up to ``timeout``), stop the threads."""
+        self._closed = True
+        done = self.join(timeout)
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for thread in self._threads:
+            thread.join(0 if not done else timeout)
+        return done
