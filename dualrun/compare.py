@@ -121,6 +121,8 @@ class Differ:
 
     def diff(self, old: object, new: object, path: str = "$") -> list[Difference]:
         """Differences from ``old`` to ``new``; empty when they are equal as values."""
+        if old is new or (type(old) is type(new) and type(old) in _ATOMS and old == new):
+            return []
         out: list[Difference] = []
         self._walk(old, new, path, out, set(), 0)
         return out

@@ -9,11 +9,13 @@ from __future__ import annotations
 import inspect
 import sys
 import threading
+import warnings
 from types import ModuleType
 from typing import Any
 
 import wrapt
 
+from dualrun.errors import DualrunWarning
 from dualrun.targets import parse_target
 
 _lock = threading.Lock()
@@ -36,6 +38,7 @@ class Interception:
         self._own: Any = _ABSENT  # the attribute as it stood in the parent's own __dict__
         self._proxy: wrapt.FunctionWrapper[Any, Any] | None = None
         self._undone = False
+        self.error: str | None = None  # why the post-import hook could not patch the host
 
     @property
     def applied(self) -> bool:
@@ -44,19 +47,44 @@ class Interception:
 
     def __repr__(self) -> str:
         state = "undone" if self._undone else "applied" if self.applied else "pending import"
+        if self.error is not None and not self._undone:
+            state = f"failed: {self.error}"
         return f"<Interception {self.host_target} ({state})>"
 
     def _apply(self, module: ModuleType) -> None:
         with _lock:
             if self._undone or self._proxy is not None:
                 return
-            parent, attribute, original = wrapt.resolve_path(module, self._qualname)
+            try:
+                parent, attribute, original = wrapt.resolve_path(module, self._qualname)
+            except AttributeError:
+                raise AttributeError(self._missing(module)) from None
             host_is_method = inspect.isclass(parent) and inspect.isfunction(original)
             self._parent, self._attribute = parent, attribute
             self._own = vars(parent).get(attribute, _ABSENT) if inspect.isclass(parent) else _ABSENT
             self._proxy = wrapt.FunctionWrapper(original, self._make_wrapper(host_is_method))
             setattr(parent, attribute, self._proxy)
             _applied[id(self._proxy)] = self
+
+    def _missing(self, module: ModuleType) -> str:
+        owner: Any = module
+        where = self._module_name
+        for part in self._qualname.split("."):
+            if not hasattr(owner, part):
+                break
+            owner, where = getattr(owner, part), f"{where}.{part}"
+        return f"cannot intercept {self.host_target!r}: {where!r} has no attribute {part!r}"
+
+    def _apply_on_import(self, module: ModuleType) -> None:
+        """The post-import hook. A missing host attribute must not fail the host's import: the
+        module imports unpatched, with a warning, and ``error`` says why."""
+        try:
+            self._apply(module)
+        except AttributeError as exc:
+            self.error = str(exc)
+            warnings.warn(
+                f"{exc}; {self._module_name} was imported unpatched", DualrunWarning, stacklevel=2
+            )
 
     def undo(self) -> None:
         """Restore the original attribute. Safe to call twice and in any order."""
@@ -96,5 +124,5 @@ def install(host_target: str, make_wrapper: Any) -> Interception:
     if module is not None:
         handle._apply(module)
     else:
-        wrapt.register_post_import_hook(handle._apply, handle._module_name)
+        wrapt.register_post_import_hook(handle._apply_on_import, handle._module_name)
     return handle

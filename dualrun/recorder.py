@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,8 @@ from dualrun.compare import Difference, generalize
 EXAMPLES_PER_GROUP = 5
 MAX_GROUPS = 200
 TIMELINE_MINUTES = 24 * 60
-_GROWTH = math.log(1.02)  # histogram buckets 2% apart: quantiles within 1%
+_SUB_BITS = 4  # histogram: 16 buckets per power of two, so quantiles are within ~3%
+_EXACT = 2 << _SUB_BITS  # below this many ns, a bucket per value
 
 STATUSES = ("match", "mismatch", "noise", "error", "timeout")
 
@@ -99,6 +101,23 @@ class Observation:
         )
 
 
+def bucket_of(ns: int) -> int:
+    """Histogram bucket of a duration: its bit length and the next four bits (integer ops)."""
+    if ns < _EXACT:
+        return max(ns, 0)
+    length = ns.bit_length()
+    return (length << _SUB_BITS) | ((ns >> (length - _SUB_BITS - 1)) & ((1 << _SUB_BITS) - 1))
+
+
+def bucket_value(bucket: int) -> float:
+    """The middle of a bucket's range, in ns."""
+    if bucket < _EXACT:
+        return float(bucket)
+    length, mantissa = bucket >> _SUB_BITS, bucket & ((1 << _SUB_BITS) - 1)
+    width = 1 << (length - _SUB_BITS - 1)
+    return ((1 << _SUB_BITS) + mantissa) * width + width / 2
+
+
 class Histogram:
     """Log-bucketed latencies: bounded, mergeable, and deterministic."""
 
@@ -109,7 +128,7 @@ class Histogram:
         self.count = 0
 
     def add(self, ns: int) -> None:
-        bucket = int(math.log(ns) / _GROWTH) if ns > 1 else 0
+        bucket = bucket_of(ns)
         self.buckets[bucket] = self.buckets.get(bucket, 0) + 1
         self.count += 1
 
@@ -122,7 +141,7 @@ class Histogram:
         for bucket in sorted(self.buckets):
             seen += self.buckets[bucket]
             if seen >= rank:
-                return math.exp((bucket + 0.5) * _GROWTH) if bucket else 1.0
+                return bucket_value(bucket)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def merge(self, other: Histogram) -> None:
@@ -165,9 +184,7 @@ class RouteAggregate:
     latency: dict[str, Histogram] = field(
         default_factory=lambda: {"old": Histogram(), "new": Histogram()}
     )
-    cpu: dict[str, Histogram] = field(
-        default_factory=lambda: {"old": Histogram(), "new": Histogram()}
-    )
+    cpu_ns: dict[str, int] = field(default_factory=lambda: {"old": 0, "new": 0})  # totals
     groups: dict[str, DivergenceGroup] = field(default_factory=dict)
     noise_groups: dict[str, DivergenceGroup] = field(default_factory=dict)
     groups_overflow: int = 0  # differences whose signature did not fit in MAX_GROUPS
@@ -184,24 +201,33 @@ class RouteAggregate:
         if obs.status == "error":
             self.internal_errors += 1
             return
-        self.comparisons += 1
-        for outcome in (obs.old, obs.new):
-            self.latency[outcome.label].add(outcome.wall_ns)
-            self.cpu[outcome.label].add(outcome.cpu_ns)
+        self.compared(obs.old.wall_ns, obs.old.cpu_ns, obs.new.wall_ns, obs.new.cpu_ns, obs.time)
         if obs.status == "match":
             self.matches += 1
         elif obs.status == "noise":
             self.noise += 1
         else:
             self.mismatches += 1
+            self.timeline[int(obs.time // 60)][1] += 1
         self._group(self.groups, obs.differences, obs.key)
         self._group(self.noise_groups, obs.noise, obs.key)
-        minute = int(obs.time // 60)
-        slot = self.timeline.setdefault(minute, [0, 0])
+
+    def compared(
+        self, old_wall: int, old_cpu: int, new_wall: int, new_cpu: int, when: float
+    ) -> None:
+        """Count one comparison (its outcome is counted by the caller)."""
+        self.comparisons += 1
+        self.latency["old"].add(old_wall)
+        self.latency["new"].add(new_wall)
+        self.cpu_ns["old"] += old_cpu
+        self.cpu_ns["new"] += new_cpu
+        minute = int(when // 60)
+        slot = self.timeline.get(minute)
+        if slot is None:
+            slot = self.timeline[minute] = [0, 0]
+            if len(self.timeline) > TIMELINE_MINUTES:
+                del self.timeline[min(self.timeline)]
         slot[0] += 1
-        slot[1] += obs.status == "mismatch"
-        if len(self.timeline) > TIMELINE_MINUTES:
-            del self.timeline[min(self.timeline)]
 
     def _group(
         self, groups: dict[str, DivergenceGroup], diffs: Iterable[Difference], key: str | None
@@ -225,6 +251,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._routes: dict[str, RouteAggregate] = {}
         self.sinks: list[Callable[[Observation], None]] = []
+        self.match_sinks: list[Callable[[str, int, int, int, int, float], None]] = []
 
     def _route(self, route: str) -> RouteAggregate:
         aggregate = self._routes.get(route)
@@ -237,6 +264,18 @@ class Recorder:
             self._route(obs.route).add(obs)
         for sink in self.sinks:
             sink(obs)
+
+    def record_match(
+        self, route: str, old_wall: int, old_cpu: int, new_wall: int, new_cpu: int
+    ) -> None:
+        """The common case, kept cheap: both versions agreed and nothing else happened."""
+        when = time.time()
+        with self._lock:
+            aggregate = self._routes.get(route) or self._route(route)
+            aggregate.compared(old_wall, old_cpu, new_wall, new_cpu, when)
+            aggregate.matches += 1
+        for sink in self.match_sinks:
+            sink(route, old_wall, old_cpu, new_wall, new_cpu, when)
 
     def count(self, route: str, what: str, detail: str | None = None) -> None:
         """Count a shadow run that yielded no observation: dropped, skipped, internal_errors."""

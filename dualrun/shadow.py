@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextvars import copy_context
-from dataclasses import dataclass
 from time import perf_counter_ns, thread_time_ns
 from typing import TYPE_CHECKING, Any
 
@@ -39,10 +38,15 @@ MAX_NOISE_PATHS = 1000
 
 def copy_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Args:
     """Deep copy of the arguments, skipped when every argument is an immutable atom."""
-    if all(type(a) in _IMMUTABLE for a in args) and all(
-        type(v) in _IMMUTABLE for v in kwargs.values()
-    ):
-        return args, kwargs
+    for value in args:
+        if type(value) not in _IMMUTABLE:
+            break
+    else:
+        for value in kwargs.values():
+            if type(value) not in _IMMUTABLE:
+                break
+        else:
+            return args, kwargs
     copied: Args = copy.deepcopy((args, kwargs))
     return copied
 
@@ -130,14 +134,43 @@ def _percent(value: object, what: str) -> float:
     return float(value)
 
 
-@dataclass
 class _Result:
-    value: Any
-    error: BaseException | None
-    wall_ns: int
-    cpu_ns: int
-    run: Run
-    timed_out: bool = False
+    """One version's run of one call."""
+
+    __slots__ = ("cpu_ns", "error", "run", "timed_out", "value", "wall_ns")
+
+    def __init__(
+        self,
+        value: Any,
+        error: BaseException | None,
+        wall_ns: int,
+        cpu_ns: int,
+        run: Run,
+        timed_out: bool = False,
+    ) -> None:
+        self.value = value
+        self.error = error
+        self.wall_ns = wall_ns
+        self.cpu_ns = cpu_ns
+        self.run = run
+        self.timed_out = timed_out
+
+
+# Outside any request the shadow's context is always the same: a pin to the shadow's version,
+# so that routed calls made inside the shadow run stay in that version.
+_PINNED_EMPTY = {label: RequestContext(None, label, EMPTY.attrs, {}) for label in ("old", "new")}
+
+
+def _shadow_request(request: RequestContext, label: Label) -> RequestContext:
+    """The request as the shadow run sees it: the same key and attributes, pinned to ``label``."""
+    if request is EMPTY:
+        return _PINNED_EMPTY[label]
+    return RequestContext(request.key, label, request.attrs, {})
+
+
+def _shared(first: Args, second: Args) -> bool:
+    """Whether the shadow got the very same argument objects (nothing was copied)."""
+    return first[0] is second[0] and first[1] is second[1]
 
 
 def _other(label: Label) -> Label:
@@ -262,7 +295,7 @@ class ShadowRunner:
         try:
             shadow_args = (args, kwargs) if copier is None else copier(args, kwargs)
             again = None
-            if self._calibration_due(route.target):
+            if self.config.calibrate and self._calibration_due(route.target):
                 again = (args, kwargs) if copier is None else copier(args, kwargs)
         except Exception as exc:
             self.recorder.count(route.target, "skipped", f"copying the arguments: {exc!r}")
@@ -298,7 +331,9 @@ class ShadowRunner:
             )
             return
         # Background: the primary's arguments may change once the caller has them back.
-        snapshot = primary_args if shadow_args is primary_args else self._snapshot(primary_args)
+        snapshot = (
+            primary_args if _shared(shadow_args, primary_args) else self._snapshot(primary_args)
+        )
         context = copy_context()
 
         def job() -> None:
@@ -335,8 +370,17 @@ class ShadowRunner:
         """Run the other version (or ``runs_as``) on ``args``; bounded by the timeout inline."""
         other = runs_as or _other(label)
         fn, entered, left = route.shadow_slots[other]
-        shadow_request = RequestContext(request.key, other, request.attrs, {})
+        shadow_request = _shadow_request(request, other)
         timeout = self.config.timeout
+        if timeout is None or self.config.mode == "background":
+            next(entered)
+            try:
+                result = _execute(fn, args, Run(shadow=True), shadow_request)
+            finally:
+                next(left)
+            if timeout is not None and result.wall_ns > timeout * 1e9:
+                result.timed_out = True
+            return result
 
         def run() -> _Result:
             next(entered)
@@ -345,11 +389,6 @@ class ShadowRunner:
             finally:
                 next(left)
 
-        if timeout is None or self.config.mode == "background":
-            result = run()
-            if timeout is not None and result.wall_ns > timeout * 1e9:
-                result.timed_out = True
-            return result
         return self._run_bounded(run, timeout)
 
     def _run_bounded(self, run: Callable[[], _Result], timeout: float) -> _Result:
@@ -395,7 +434,9 @@ class ShadowRunner:
             if again_args is not None:
                 again = self._shadow_sync(route, label, again_args, request, runs_as=label)
                 self._learn_noise(route.target, primary, again)
-            compared_args = None if shadow_args is primary_args else (primary_args, shadow_args)
+            compared_args = (
+                None if _shared(shadow_args, primary_args) else (primary_args, shadow_args)
+            )
             self._record(route.target, label, primary, shadow, compared_args, request)
         except Exception as exc:  # dualrun's own failure must not reach the caller
             self.recorder.count(route.target, "internal_errors", f"{type(exc).__name__}: {exc}")
@@ -458,7 +499,8 @@ class ShadowRunner:
         else:
             differ = self.config.differ
             differences = self._differences(old, new)
-            differences += diff_side_effects(differ, old.run, new.run)
+            if old.run.calls or new.run.calls:
+                differences += diff_side_effects(differ, old.run, new.run)
             if compared_args is not None:
                 old_args, new_args = compared_args if label == "old" else compared_args[::-1]
                 differences += differ.diff(
@@ -472,6 +514,9 @@ class ShadowRunner:
                 noise = [d for d in differences if self._is_noise(noisy, d)]
                 differences = [d for d in differences if not self._is_noise(noisy, d)]
             status = "mismatch" if differences else "noise" if noise else "match"
+            if status == "match":
+                self.recorder.record_match(target, old.wall_ns, old.cpu_ns, new.wall_ns, new.cpu_ns)
+                return
         key = (
             None
             if request.key is None
@@ -560,7 +605,7 @@ class ShadowRunner:
                 fn,
                 args,
                 Run(shadow=True),
-                RequestContext(request.key, other, request.attrs, {}),
+                _shadow_request(request, other),
                 self.config.timeout,
             )
         finally:
@@ -583,7 +628,9 @@ class ShadowRunner:
             if again_args is not None:
                 again = await self._shadow_async(route, label, again_args, request, label)
                 self._learn_noise(route.target, primary, again)
-            compared_args = None if shadow_args is primary_args else (primary_args, shadow_args)
+            compared_args = (
+                None if _shared(shadow_args, primary_args) else (primary_args, shadow_args)
+            )
             self._record(route.target, label, primary, shadow, compared_args, request)
         except Exception as exc:
             self.recorder.count(route.target, "internal_errors", f"{type(exc).__name__}: {exc}")

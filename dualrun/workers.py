@@ -1,8 +1,8 @@
 """A bounded pool of daemon threads that never blocks the thread that submits work.
 
 ``submit`` is one ``SimpleQueue.put`` (a C call, no lock held by Python code) after a check of
-the number of pending jobs; when that number reaches the bound, the job is refused and the
-caller counts it as dropped.
+the queue's length; when the queue holds ``bound`` jobs, the job is refused and the caller
+counts it as dropped. Under concurrent submitters the bound may be passed by a few jobs.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ _STOP = object()
 
 
 class WorkerPool:
-    """``workers`` threads started on first use, at most ``bound`` jobs waiting or running."""
+    """``workers`` threads started on first use, at most about ``bound`` jobs waiting."""
 
     def __init__(self, workers: int, bound: int, name: str) -> None:
         self._workers = workers
@@ -38,7 +38,7 @@ class WorkerPool:
 
     def submit(self, job: Job) -> bool:
         """Queue ``job``; False (and nothing queued) if the pool is full or closed."""
-        if self._closed or self.pending() >= self._bound:
+        if self._closed or self._queue.qsize() >= self._bound:
             return False
         if not self._threads:
             self._start()
