@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar, cast
@@ -53,6 +53,22 @@ def check_label(value: object, what: str) -> Label:
     if value == "old" or value == "new":
         return value
     raise ValueError(f"{what} is 'old' or 'new', got {value!r}")
+
+
+def _in_request(
+    state: RequestContext, iterator: Generator[Any, Any, Any]
+) -> Generator[Any, Any, Any]:
+    """Drive ``iterator`` with ``state`` as the current request during each step."""
+    sent: Any = None
+    while True:
+        token = current_request.set(state)
+        try:
+            item = iterator.send(sent)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            current_request.reset(token)
+        sent = yield item
 
 
 class context:
@@ -111,6 +127,21 @@ class context:
                     current_request.reset(token)
 
             return cast(F, run_async)
+
+        if inspect.isgeneratorfunction(func):
+
+            @functools.wraps(func)
+            def run_generator(*args: Any, **kwargs: Any) -> Any:
+                state = self._state(key_of(*args, **kwargs))
+                token = current_request.set(state)
+                try:
+                    iterator = func(*args, **kwargs)
+                finally:
+                    current_request.reset(token)
+                # Each resumption runs inside the request: the body sees it across yields.
+                return (yield from _in_request(state, iterator))
+
+            return cast(F, run_generator)
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:

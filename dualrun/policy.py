@@ -100,7 +100,7 @@ class Canary:
 
 def check_policy(policy: object) -> Policy:
     """Return ``policy`` if it has a callable ``choose``, else raise ValueError."""
-    if not callable(getattr(policy, "choose", None)):
+    if issubclass(type(policy), type) or not callable(getattr(policy, "choose", None)):
         raise ValueError(
             "a policy is an object with a method choose(request) -> 'old' | 'new', such as "
             f"dualrun.Fixed('old') or dualrun.Canary(5); got {policy!r}"

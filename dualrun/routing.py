@@ -50,8 +50,8 @@ class Route:
         self.flavour = _flavour(old.value)
         if _flavour(new.value) != self.flavour:
             raise TargetNotFoundError(
-                f"target {target!r} is a {self.flavour} function in the 'old' version but a "
-                f"{_flavour(new.value)} function in the 'new' version"
+                f"target {target!r} is a {self.flavour} callable in the 'old' version but "
+                f"{_flavour(new.value)} in the 'new' version; a route needs the same in both"
             )
         self.found: dict[Label, Found] = {"old": old, "new": new}
         self.entered = {label: new_counter() for label in ("old", "new")}
