@@ -35,7 +35,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.build_parser(demo_parser)
     demo_parser.set_defaults(func=_run_demo)
+    report_parser = commands.add_parser(
+        "report",
+        help="the divergence report from one or many event logs (JSON lines)",
+        description=(
+            "Add up the event logs of any number of processes and print the report. Exit code: "
+            "0 when every line was read, 1 when some files or lines were skipped (each named "
+            "on stderr), 2 when nothing could be read or the arguments are wrong."
+        ),
+    )
+    report_parser.add_argument("files", nargs="+", metavar="FILE", help="event log files")
+    report_parser.add_argument(
+        "--format", choices=("text", "markdown", "json", "html"), default="text"
+    )
+    report_parser.add_argument("--route", help="only this route (a glob such as 'pricing.*')")
+    report_parser.add_argument("--since", help="from this time: ISO 8601 with zone, or epoch")
+    report_parser.add_argument("--until", help="up to this time: ISO 8601 with zone, or epoch")
+    report_parser.add_argument("--top", type=int, help="at most N divergences per route")
+    report_parser.set_defaults(func=_run_report)
     return parser
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from dualrun.logread import parse_time, report_from_logs
+
+    try:
+        since = None if args.since is None else parse_time(args.since)
+        until = None if args.until is None else parse_time(args.until)
+        if args.top is not None and args.top < 1:
+            raise ValueError(f"--top is a whole number >= 1, got {args.top}")
+    except ValueError as exc:
+        print(f"dualrun report: {exc}", file=sys.stderr)
+        return 2
+
+    def problem(message: str) -> None:
+        print(f"dualrun report: {message}", file=sys.stderr)
+
+    report, totals = report_from_logs(args.files, problem, args.route, since, until)
+    if totals.events == 0:
+        print("dualrun report: no events could be read", file=sys.stderr)
+        return 2
+    render = {
+        "text": report.to_text,
+        "markdown": report.to_markdown,
+        "html": report.to_html,
+    }.get(args.format)
+    sys.stdout.write(report.to_json() + "\n" if render is None else render(args.top))
+    return 1 if totals.problems else 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import wrapt
 
 from dualrun.context import EMPTY, Label, RequestContext
 from dualrun.counters import new_counter, peek
+from dualrun.eventlog import EventLog
 from dualrun.intercept import Interception, install
+from dualrun.journal import Journal
 from dualrun.loading import VersionPair
 from dualrun.policy import Fixed, Policy, check_policy
 from dualrun.recorder import Recorder
@@ -31,6 +34,7 @@ class Dispatcher:
         versions: VersionPair,
         policy: Policy | None = None,
         shadow: Shadow | None = None,
+        log: str | os.PathLike[str] | EventLog | Any = None,
     ) -> None:
         if not isinstance(versions, VersionPair):
             raise ValueError(
@@ -48,6 +52,9 @@ class Dispatcher:
         self.recorder = Recorder()
         self._shadow: ShadowRunner | None = None
         self.shadow = shadow
+        self.journal: Journal | None = None
+        if log is not None:
+            self.journal = Journal(self, log if isinstance(log, EventLog) else EventLog(log))
 
     # -- policy ----------------------------------------------------------------------------
 
@@ -62,6 +69,12 @@ class Dispatcher:
         self._fixed = None
         self._policy = policy
         self._fixed = policy.label if type(policy) is Fixed else None
+        if getattr(self, "journal", None) is not None:
+            self._event("dualrun.policy")
+
+    def _event(self, name: str, **fields: Any) -> None:
+        if self.journal is not None:
+            self.journal.event(name, **fields)
 
     @property
     def shadow(self) -> Shadow | None:
@@ -83,10 +96,12 @@ class Dispatcher:
     def promote(self) -> None:
         """Send every call to the new version, including requests already routed to old."""
         self._switch(Fixed("new"))
+        self._event("dualrun.promote")
 
     def rollback(self) -> None:
         """Send every call to the old version, including requests already routed to new."""
         self._switch(Fixed("old"))
+        self._event("dualrun.rollback")
 
     def _switch(self, policy: Policy) -> None:
         self.policy = policy
@@ -162,6 +177,8 @@ class Dispatcher:
         self._interceptions.clear()
         if self._shadow is not None:
             self._shadow.close(timeout)
+        if self.journal is not None:
+            self.journal.close(timeout)
 
     def report(self) -> Report:
         """What the dispatcher saw so far, per route: see :class:`dualrun.Report`."""

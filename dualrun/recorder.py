@@ -8,12 +8,13 @@ an aggregate rebuilt from an event log equals the one kept in the process.
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from dualrun.compare import Difference, generalize
 
@@ -243,15 +244,154 @@ class RouteAggregate:
                 )
             group.add(difference, key)
 
+    # -- serialisation and arithmetic, for event-log summaries --------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "route": self.route,
+            **{name: getattr(self, name) for name in COUNTS},
+            "errors": dict(self.errors),
+            "latency": {
+                k: {str(b): n for b, n in h.buckets.items()} for k, h in self.latency.items()
+            },
+            "cpu_ns": dict(self.cpu_ns),
+            "groups": [_group_dict(g) for g in self.groups.values()],
+            "noise_groups": [_group_dict(g) for g in self.noise_groups.values()],
+            "timeline": {str(minute): counts for minute, counts in self.timeline.items()},
+            "last_internal_error": self.last_internal_error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RouteAggregate:
+        aggregate = cls(str(data["route"]))
+        for name in COUNTS:
+            setattr(aggregate, name, int(data.get(name, 0)))
+        aggregate.errors = {label: int(data["errors"].get(label, 0)) for label in ("old", "new")}
+        for label in ("old", "new"):
+            histogram = aggregate.latency[label]
+            for bucket, n in data["latency"].get(label, {}).items():
+                histogram.buckets[int(bucket)] = int(n)
+                histogram.count += int(n)
+            aggregate.cpu_ns[label] = int(data["cpu_ns"].get(label, 0))
+        for key, target in (("groups", aggregate.groups), ("noise_groups", aggregate.noise_groups)):
+            for g in data.get(key, ()):
+                group = DivergenceGroup(
+                    str(g["path"]), str(g["kind"]), int(g["count"]), list(g["examples"])
+                )
+                target[f"{group.path} {group.kind}"] = group
+        aggregate.timeline = {int(m): [int(c[0]), int(c[1])] for m, c in data["timeline"].items()}
+        aggregate.last_internal_error = data.get("last_internal_error")
+        return aggregate
+
+    def merge(self, other: RouteAggregate) -> None:
+        """Add ``other``'s numbers to these (across processes, or a summary's delta)."""
+        for name in COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for label in ("old", "new"):
+            self.errors[label] += other.errors[label]
+            self.latency[label].merge(other.latency[label])
+            self.cpu_ns[label] += other.cpu_ns[label]
+        for mine, theirs in ((self.groups, other.groups), (self.noise_groups, other.noise_groups)):
+            for signature, group in theirs.items():
+                target = mine.get(signature)
+                if target is None:
+                    if len(mine) >= MAX_GROUPS:
+                        self.groups_overflow += group.count
+                        continue
+                    target = mine[signature] = DivergenceGroup(group.path, group.kind)
+                target.count += group.count
+                room = EXAMPLES_PER_GROUP - len(target.examples)
+                target.examples.extend(group.examples[:room])
+        for minute, (compared, mismatched) in other.timeline.items():
+            slot = self.timeline.setdefault(minute, [0, 0])
+            slot[0] += compared
+            slot[1] += mismatched
+        if other.last_internal_error is not None:
+            self.last_internal_error = other.last_internal_error
+
+    def since(self, previous: RouteAggregate | None) -> RouteAggregate:
+        """What was added after ``previous`` (an earlier copy of this aggregate)."""
+        if previous is None:
+            return copy.deepcopy(self)
+        delta = RouteAggregate(self.route)
+        for name in COUNTS:
+            setattr(delta, name, getattr(self, name) - getattr(previous, name))
+        for label in ("old", "new"):
+            delta.errors[label] = self.errors[label] - previous.errors[label]
+            delta.cpu_ns[label] = self.cpu_ns[label] - previous.cpu_ns[label]
+            now, before, into = self.latency[label], previous.latency[label], delta.latency[label]
+            for bucket, n in now.buckets.items():
+                added = n - before.buckets.get(bucket, 0)
+                if added:
+                    into.buckets[bucket] = added
+                    into.count += added
+        for now_groups, before_groups, into_groups in (
+            (self.groups, previous.groups, delta.groups),
+            (self.noise_groups, previous.noise_groups, delta.noise_groups),
+        ):
+            for signature, group in now_groups.items():
+                old = before_groups.get(signature)
+                seen = 0 if old is None else old.count
+                shown = 0 if old is None else len(old.examples)
+                if group.count > seen:
+                    into_groups[signature] = DivergenceGroup(
+                        group.path, group.kind, group.count - seen, group.examples[shown:]
+                    )
+        for minute, (compared, mismatched) in self.timeline.items():
+            before_slot = previous.timeline.get(minute, [0, 0])
+            if compared - before_slot[0] or mismatched - before_slot[1]:
+                delta.timeline[minute] = [compared - before_slot[0], mismatched - before_slot[1]]
+        if self.last_internal_error != previous.last_internal_error:
+            delta.last_internal_error = self.last_internal_error
+        return delta
+
+
+COUNTS = (
+    "comparisons",
+    "matches",
+    "mismatches",
+    "noise",
+    "timeouts",
+    "dropped",
+    "skipped",
+    "internal_errors",
+    "groups_overflow",
+)
+
+
+def _group_dict(group: DivergenceGroup) -> dict[str, Any]:
+    return {
+        "path": group.path,
+        "kind": group.kind,
+        "count": group.count,
+        "examples": list(group.examples),
+    }
+
+
+class Listener(Protocol):
+    """Told about each observation in the order they were recorded (the event log)."""
+
+    def observed(self, seq: int, obs: Observation) -> None: ...
+
+    def counted(self, route: str, what: str, detail: str | None) -> None: ...
+
 
 class Recorder:
-    """Thread-safe home of the aggregates; sinks (such as the event log) see each observation."""
+    """Thread-safe home of the aggregates.
+
+    A listener (the event log) hears of each observation under the same lock that adds it to
+    the aggregate, so a summary taken under that lock never disagrees with the events around it.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._routes: dict[str, RouteAggregate] = {}
+        self._seq = 0
+        self.listener: Listener | None = None
+        # Callables that receive every observation that is not a plain match (as Scientist's
+        # publish does); called in the recording thread, so they must be quick and not raise.
         self.sinks: list[Callable[[Observation], None]] = []
-        self.match_sinks: list[Callable[[str, int, int, int, int, float], None]] = []
+        self.match_listener: Callable[[str, tuple[int, int], tuple[int, int]], None] | None = None
 
     def _route(self, route: str) -> RouteAggregate:
         aggregate = self._routes.get(route)
@@ -262,6 +402,9 @@ class Recorder:
     def record(self, obs: Observation) -> None:
         with self._lock:
             self._route(obs.route).add(obs)
+            self._seq += 1
+            if self.listener is not None:
+                self.listener.observed(self._seq, obs)
         for sink in self.sinks:
             sink(obs)
 
@@ -274,8 +417,8 @@ class Recorder:
             aggregate = self._routes.get(route) or self._route(route)
             aggregate.compared(old_wall, old_cpu, new_wall, new_cpu, when)
             aggregate.matches += 1
-        for sink in self.match_sinks:
-            sink(route, old_wall, old_cpu, new_wall, new_cpu, when)
+        if self.match_listener is not None:
+            self.match_listener(route, (old_wall, old_cpu), (new_wall, new_cpu))
 
     def count(self, route: str, what: str, detail: str | None = None) -> None:
         """Count a shadow run that yielded no observation: dropped, skipped, internal_errors."""
@@ -284,10 +427,23 @@ class Recorder:
             setattr(aggregate, what, getattr(aggregate, what) + 1)
             if detail is not None:
                 aggregate.last_internal_error = detail
+            if self.listener is not None:
+                self.listener.counted(route, what, detail)
 
     def snapshot(self) -> dict[str, RouteAggregate]:
         """A consistent deep copy of every route's aggregate."""
-        import copy
-
         with self._lock:
             return copy.deepcopy(self._routes)
+
+    def locked(self) -> threading.Lock:
+        """The lock that orders observations; hold it to take a summary consistent with them."""
+        return self._lock
+
+    @property
+    def seq(self) -> int:
+        """How many observations have been recorded (the last one's sequence number)."""
+        return self._seq
+
+    def copy_unlocked(self) -> dict[str, RouteAggregate]:
+        """A deep copy of the aggregates; the caller holds :meth:`locked`."""
+        return copy.deepcopy(self._routes)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dualrun.counters import peek
-from dualrun.recorder import DivergenceGroup, RouteAggregate
+from dualrun.recorder import DivergenceGroup, RouteAggregate, bucket_value
 
 if TYPE_CHECKING:
     from dualrun.dispatcher import Dispatcher
@@ -67,6 +67,8 @@ class RouteReport:
     mismatch_rate_ci: tuple[float, float] | None = None
     latency_ns: dict[str, dict[str, float | None]] = field(default_factory=dict)
     latency_ratio: dict[str, float | None] = field(default_factory=dict)  # new / old
+    # [[ns, count], ...] per version: the distributions behind the quantiles
+    latency_histogram: dict[str, list[list[float]]] = field(default_factory=dict)
     divergences: list[Divergence] = field(default_factory=list)
     noise_divergences: list[Divergence] = field(default_factory=list)
     divergences_overflow: int = 0
@@ -111,6 +113,9 @@ def route_report(
     for label in ("old", "new"):
         histogram = aggregate.latency[label]
         report.latency_ns[label] = {name: histogram.quantile(q) for name, q in QUANTILES}
+        report.latency_histogram[label] = [
+            [bucket_value(bucket), count] for bucket, count in sorted(histogram.buckets.items())
+        ]
     for name, _ in QUANTILES:
         old, new = report.latency_ns["old"][name], report.latency_ns["new"][name]
         report.latency_ratio[name] = new / old if old and new is not None else None
@@ -128,6 +133,7 @@ class Report:
     routes: list[RouteReport] = field(default_factory=list)
     policy_errors: int = 0
     last_policy_error: str | None = None
+    dropped_events: int = 0  # event-log lines lost to a full queue
 
     def route(self, name: str) -> RouteReport:
         for route in self.routes:
@@ -143,15 +149,23 @@ class Report:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    def to_text(self) -> str:
+    def to_text(self, top: int | None = None) -> str:
+        """Aligned text for a terminal; ``top`` limits the divergences shown per route."""
         from dualrun.render import render_text
 
-        return render_text(self)
+        return render_text(self, top)
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, top: int | None = None) -> str:
+        """Markdown that pastes into a pull request."""
         from dualrun.render import render_markdown
 
-        return render_markdown(self)
+        return render_markdown(self, top)
+
+    def to_html(self, top: int | None = None) -> str:
+        """One self-contained page (no network, no CDN) with charts per route."""
+        from dualrun.html import render_html
+
+        return render_html(self, top)
 
 
 def build_report(dispatcher: Dispatcher) -> Report:
@@ -176,4 +190,5 @@ def build_report(dispatcher: Dispatcher) -> Report:
         routes=reports,
         policy_errors=dispatcher.policy_error_count(),
         last_policy_error=dispatcher.last_policy_error,
+        dropped_events=0 if dispatcher.journal is None else dispatcher.journal.log.dropped_count(),
     )

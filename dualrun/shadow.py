@@ -13,7 +13,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextvars import copy_context
@@ -185,6 +185,8 @@ def _execute(fn: Callable[..., Any], args: Args, run: Run, request: RequestConte
     try:
         value, error = fn(*args[0], **args[1]), None
     except KeyboardInterrupt:
+        current_request.reset(request_token)
+        current_run.reset(run_token)
         raise
     except BaseException as exc:
         value, error = None, exc
@@ -192,6 +194,14 @@ def _execute(fn: Callable[..., Any], args: Args, run: Run, request: RequestConte
     current_request.reset(request_token)
     current_run.reset(run_token)
     return _Result(value, error, wall, cpu, run)
+
+
+async def _capture(awaitable: Awaitable[Any]) -> tuple[Any, BaseException | None]:
+    """Await a version's coroutine, returning its exception rather than raising it."""
+    try:
+        return await awaitable, None
+    except Exception as exc:
+        return None, exc
 
 
 async def _execute_async(
@@ -203,10 +213,12 @@ async def _execute_async(
     wall, cpu = perf_counter_ns(), thread_time_ns()
     timed_out = False
     try:
-        value, error = await asyncio.wait_for(fn(*args[0], **args[1]), timeout), None
-    except TimeoutError:
+        value, error = await asyncio.wait_for(_capture(fn(*args[0], **args[1])), timeout)
+    except TimeoutError:  # only wait_for's own: the version's exceptions are captured inside
         value, error, timed_out = None, None, True
     except KeyboardInterrupt:
+        current_request.reset(request_token)
+        current_run.reset(run_token)
         raise
     except BaseException as exc:
         value, error = None, exc
@@ -264,7 +276,17 @@ class ShadowRunner:
         shadow_args, again_args = prepared
         inline = self.config.mode == "inline"
         shadow_first = inline and random.random() < 0.5
-        early = self._shadow_sync(route, label, shadow_args, request) if shadow_first else None
+        early = None
+        if shadow_first:
+            try:
+                early = self._shadow_sync(route, label, shadow_args, request)
+            except Exception as exc:  # dualrun's own failure (a closed runner): serve unshadowed
+                self.recorder.count(route.target, "internal_errors", f"{type(exc).__name__}: {exc}")
+                next(entered)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    next(left)
         primary_run = Run(shadow=False)
         token = current_run.set(primary_run)
         next(entered)
@@ -410,7 +432,11 @@ class ShadowRunner:
                 self._timeout_slots.release()
 
         started = perf_counter_ns()
-        future = self._timeout_pool.submit(copy_context().run, bounded)
+        try:
+            future = self._timeout_pool.submit(copy_context().run, bounded)
+        except BaseException:  # shut down: give the slot back
+            self._timeout_slots.release()
+            raise
         try:
             return future.result(timeout)
         except FutureTimeout:
@@ -514,7 +540,7 @@ class ShadowRunner:
                 noise = [d for d in differences if self._is_noise(noisy, d)]
                 differences = [d for d in differences if not self._is_noise(noisy, d)]
             status = "mismatch" if differences else "noise" if noise else "match"
-            if status == "match":
+            if status == "match" and old.error is None and new.error is None:
                 self.recorder.record_match(target, old.wall_ns, old.cpu_ns, new.wall_ns, new.cpu_ns)
                 return
         key = (

@@ -1,0 +1,276 @@
+"""The event log: JSON lines through structlog, written by a thread of its own.
+
+Events are queued without blocking the routed call and rendered and written on the writer
+thread. Each write is whole lines in one ``os.write`` on a file opened for appending, so a
+process killed mid-run leaves at most one partial line at the end, which ``dualrun report``
+reports and skips. If the queue is full an event is dropped and counted; the count goes out in
+the next summary. Rotation is left to the log pipeline (``logrotate`` with ``copytruncate``
+works, as the file is opened with ``O_APPEND``): several processes append to one file, and a
+rotation done by each of them would race.
+
+Event kinds (each with ``"schema": 1``, ``"run"`` — one per dispatcher —, ``pid`` and ``host``):
+``dualrun.load``, ``dualrun.policy``, ``dualrun.promote``, ``dualrun.rollback``,
+``dualrun.divergence`` (one per observation that is not a plain match), ``dualrun.match``
+(a sample of matches, off by default), ``dualrun.error`` (errors inside dualrun),
+``dualrun.summary`` (what was added since the previous summary: counts, histograms,
+divergence groups; see :mod:`dualrun.logread`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Mapping, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from dualrun.counters import new_counter, peek
+
+SCHEMA = 1
+Redactor = Callable[[dict[str, Any]], dict[str, Any]]
+_FLUSH = object()
+_STOP = object()
+
+
+class _LineFile:
+    """The last step of the structlog chain: collects rendered lines, writes them whole."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._pending: list[str] = []
+
+    def msg(self, line: str) -> None:
+        self._pending.append(line)
+
+    info = warning = error = msg
+
+    def write_pending(self) -> None:
+        if self._pending:
+            data = ("\n".join(self._pending) + "\n").encode()
+            self._pending.clear()
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+
+    def close(self) -> None:
+        self.write_pending()
+        os.close(self._fd)
+
+
+def _add_schema(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event.setdefault("schema", SCHEMA)
+    return event
+
+
+def file_logger(path: Path) -> tuple[Any, _LineFile]:
+    """A structlog logger that renders JSON lines with ISO UTC timestamps into ``path``."""
+    sink = _LineFile(path)
+    logger = structlog.wrap_logger(
+        sink,
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            _add_schema,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(default=repr, sort_keys=False),
+        ],
+    )
+    return logger, sink
+
+
+class EventLog:
+    """Where a dispatcher's events go: a JSON-lines file, or a structlog logger of the app.
+
+    ``redact`` maps each event's fields before they are written (values are already short,
+    truncated reprs; the request key is written as given unless ``redact`` hashes or drops it).
+    ``summary_interval``: seconds between summaries. ``match_sample``: percent of matching
+    comparisons also written as ``dualrun.match`` events (0 by default).
+    """
+
+    def __init__(
+        self,
+        target: str | os.PathLike[str] | Any,
+        *,
+        redact: Redactor | None = None,
+        summary_interval: float = 10.0,
+        queue_size: int = 10_000,
+        match_sample: float = 0.0,
+    ) -> None:
+        if redact is not None and not callable(redact):
+            raise ValueError(f"redact is a callable mapping an event dict, got {redact!r}")
+        if isinstance(summary_interval, bool) or not isinstance(summary_interval, int | float):
+            raise ValueError(
+                f"summary_interval is a number of seconds > 0, got {summary_interval!r}"
+            )
+        if not summary_interval > 0:
+            raise ValueError(
+                f"summary_interval is a number of seconds > 0, got {summary_interval!r}"
+            )
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+            raise ValueError(f"queue_size is a whole number >= 1, got {queue_size!r}")
+        if (
+            isinstance(match_sample, bool)
+            or not isinstance(match_sample, int | float)
+            or not (0 <= match_sample <= 100)
+        ):
+            raise ValueError(f"match_sample is a percent from 0 to 100, got {match_sample!r}")
+        self._file: _LineFile | None = None
+        if isinstance(target, str | os.PathLike):
+            self.path: Path | None = Path(target)
+            if self.path.is_dir():
+                raise ValueError(f"log is a file path, but {str(self.path)!r} is a directory")
+            self._logger, self._file = file_logger(self.path)
+        elif callable(getattr(target, "info", None)):
+            self.path, self._logger = None, target
+        else:
+            raise ValueError(
+                "log is a file path, a structlog logger (anything with .info(event, **fields)), "
+                f"or None; got {target!r}"
+            )
+        self.redact = redact
+        self.summary_interval = float(summary_interval)
+        self.match_sample = float(match_sample)  # read by the dispatcher
+        self.run = uuid.uuid4().hex[:16]
+        self._base = {"run": self.run, "pid": os.getpid(), "host": socket.gethostname()}
+        self._bound = queue_size
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.dropped = new_counter()
+        self._written = new_counter()
+        self._accepted = new_counter()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._closed = False
+        self.summarize: Callable[[], None] | None = None  # set by the dispatcher
+        self._last_summary = time.monotonic()
+
+    # -- producing (any thread, never blocks) -----------------------------------------------
+
+    def emit(self, event: str, **fields: Any) -> bool:
+        """Queue one event; False (and counted in ``dropped``) if the queue is full or closed."""
+        if self._closed or self._queue.qsize() >= self._bound:
+            next(self.dropped)
+            return False
+        if self._thread is None:
+            self._start()
+        context = structlog.contextvars.get_contextvars()
+        if context:
+            fields = {**context, **fields}
+        next(self._accepted)
+        self._queue.put((event, fields))
+        return True
+
+    def dropped_count(self) -> int:
+        return peek(self.dropped)
+
+    # -- the writer thread --------------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._work, name="dualrun-eventlog", daemon=True
+                )
+                self._thread.start()
+                _open_logs.add(self)
+
+    def _work(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=min(1.0, self.summary_interval))
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                self._write_pending()
+                return
+            if isinstance(item, tuple):
+                self._write(*item)
+            elif isinstance(item, threading.Event):
+                self._write_pending()
+                item.set()
+                continue
+            if self._queue.empty():
+                self._write_pending()
+                self._maybe_summarize()
+
+    def _write(self, event: str, fields: dict[str, Any]) -> None:
+        try:
+            data = {**self._base, **fields}
+            if self.redact is not None:
+                data = self.redact(data)
+            self._logger.info(event, **data)
+        except Exception as exc:  # a redactor or the app's logger failed: note it, go on
+            self._logger.info(
+                "dualrun.error",
+                **self._base,
+                where="event log",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        next(self._written)
+
+    def _write_pending(self) -> None:
+        if self._file is not None:
+            self._file.write_pending()
+
+    def _maybe_summarize(self) -> None:
+        if self.summarize is None:
+            return
+        if time.monotonic() - self._last_summary >= self.summary_interval:
+            self._last_summary = time.monotonic()
+            self.summarize()
+
+    # -- flushing and closing -----------------------------------------------------------------
+
+    def flush(self, timeout: float | None = 5.0) -> bool:
+        """Write everything queued so far; False if ``timeout`` ran out first."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Flush, stop the writer thread and close the file. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+        if self._file is not None:
+            self._file.close()
+        _open_logs.discard(self)
+
+    def fields(self) -> Mapping[str, Any]:
+        """The fields every event of this log carries (run, pid, host)."""
+        return dict(self._base)
+
+
+_open_logs: weakref.WeakSet[EventLog] = weakref.WeakSet()
+_exit_hooks: list[weakref.WeakMethod[Callable[[], None]]] = []
+
+
+def at_exit(hook: Callable[[], None]) -> None:
+    """Call the bound method ``hook`` (a final summary) at interpreter exit, before the open
+    logs are flushed, if its object is still alive then."""
+    _exit_hooks.append(weakref.WeakMethod(hook))
+
+
+@atexit.register
+def _flush_all() -> None:
+    for reference in list(_exit_hooks):
+        hook = reference()
+        if hook is not None:
+            with contextlib.suppress(Exception):
+                hook()
+    for log in list(_open_logs):
+        log.close(timeout=5.0)

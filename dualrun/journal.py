@@ -1,0 +1,122 @@
+"""What a dispatcher writes to its event log: lifecycle events, divergences, and summaries.
+
+A summary carries what was added since the previous one (counts, latency histograms, divergence
+groups, routed calls per version), so any set of summaries from any number of processes adds up
+to the aggregate of all of them, and a time window selects the summaries inside it. Divergence
+events carry the sequence number of their observation: those written after a process's last
+summary (it was killed) are counted from the events themselves.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+from dualrun.counters import peek
+from dualrun.eventlog import EventLog, at_exit
+from dualrun.recorder import Observation, RouteAggregate
+
+if TYPE_CHECKING:
+    from dualrun.dispatcher import Dispatcher
+
+
+class Journal:
+    """Connects one dispatcher to one :class:`~dualrun.eventlog.EventLog`."""
+
+    def __init__(self, dispatcher: Dispatcher, log: EventLog) -> None:
+        self._dispatcher = dispatcher
+        self.log = log
+        self._sources = {v.label: v.source for v in dispatcher.versions}
+        self._last: dict[str, RouteAggregate] = {}
+        self._last_calls: dict[str, list[int]] = {}
+        self._last_dropped = 0
+        self._since = time.time()
+        recorder = dispatcher.recorder
+        recorder.listener = self
+        if log.match_sample > 0:
+            recorder.match_listener = self.matched
+        log.summarize = self.summarize
+        at_exit(self.summarize)
+        self.event(
+            "dualrun.load",
+            versions={
+                v.label: {"source": v.source, "namespace": v.prefix, "name": v.name}
+                for v in dispatcher.versions
+            },
+        )
+
+    def event(self, name: str, **fields: Any) -> None:
+        """A lifecycle event, with the dispatcher's policy and shadow settings."""
+        dispatcher = self._dispatcher
+        self.log.emit(
+            name, policy=repr(dispatcher.policy), shadow=repr(dispatcher.shadow), **fields
+        )
+
+    # -- the recorder's listener (called under the recorder's lock) -------------------------
+
+    def observed(self, seq: int, obs: Observation) -> None:
+        self.log.emit("dualrun.divergence", seq=seq, sources=self._sources, **obs.to_dict())
+
+    def counted(self, route: str, what: str, detail: str | None) -> None:
+        if what == "internal_errors":
+            self.log.emit("dualrun.error", route=route, error=detail)
+
+    def matched(self, route: str, old: tuple[int, int], new: tuple[int, int]) -> None:
+        if random.random() * 100 < self.log.match_sample:
+            self.log.emit(
+                "dualrun.match",
+                route=route,
+                old={"wall_ns": old[0], "cpu_ns": old[1]},
+                new={"wall_ns": new[0], "cpu_ns": new[1]},
+            )
+
+    # -- summaries -------------------------------------------------------------------------
+
+    def summarize(self, force: bool = False) -> None:
+        """Write what was added since the last summary (nothing if nothing was, unless forced)."""
+        dispatcher = self._dispatcher
+        recorder = dispatcher.recorder
+        calls = {
+            name: [route.calls("old"), route.calls("new"), peek(route.crossings)]
+            for name, route in dispatcher.routes.items()
+        }
+        dropped = self.log.dropped_count()
+        with recorder.locked():
+            seq = recorder.seq
+            current = recorder.copy_unlocked()
+            routes: dict[str, Any] = {}
+            for name in sorted(set(current) | set(calls)):
+                entry: dict[str, Any] = {}
+                counts = calls.get(name, [0, 0, 0])
+                before = self._last_calls.get(name, [0, 0, 0])
+                added = [now - then for now, then in zip(counts, before, strict=True)]
+                if any(added):
+                    entry["calls"] = {"old": added[0], "new": added[1]}
+                    entry["crossings"] = added[2]
+                if name in current:
+                    delta = current[name].since(self._last.get(name))
+                    if delta.to_dict() != RouteAggregate(name).to_dict():
+                        entry["aggregate"] = delta.to_dict()
+                if entry:
+                    routes[name] = entry
+            now = time.time()
+            if routes or force or dropped != self._last_dropped:
+                self.log.emit(
+                    "dualrun.summary",
+                    seq=seq,
+                    start=self._since,
+                    end=now,
+                    policy=repr(dispatcher.policy),
+                    routes=routes,
+                    dropped_events=dropped - self._last_dropped,
+                )
+                self._since = now
+            self._last = current
+            self._last_calls = calls
+            self._last_dropped = dropped
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """A final summary, then flush and close the log."""
+        self.summarize(force=True)
+        self.log.close(timeout)

@@ -1,0 +1,213 @@
+"""Read event logs back into a :class:`~dualrun.Report`, streaming, whatever their size.
+
+Memory depends on the number of routes and runs, not on the size of the files: each line is
+read, applied to a bounded aggregate, and forgotten. Problems (a missing file, a directory, a
+corrupt or truncated line, an unknown schema) are reported through ``problem`` with the file
+and line, and the rest of the data is still used.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from dualrun.eventlog import SCHEMA
+from dualrun.recorder import Observation, RouteAggregate
+from dualrun.report import Report, route_report
+
+Problem = Callable[[str], None]
+
+
+@dataclass
+class _Run:
+    """One dispatcher's stream: divergences not yet covered by one of its summaries."""
+
+    pending: dict[str, RouteAggregate] = field(default_factory=dict)
+
+
+@dataclass
+class LogTotals:
+    """Everything read so far, added up."""
+
+    aggregates: dict[str, RouteAggregate] = field(default_factory=dict)
+    calls: dict[str, dict[str, int]] = field(default_factory=dict)
+    crossings: dict[str, int] = field(default_factory=dict)
+    policy: str = "unknown"
+    dropped_events: int = 0
+    events: int = 0
+    problems: int = 0
+
+    def aggregate(self, route: str) -> RouteAggregate:
+        if route not in self.aggregates:
+            self.aggregates[route] = RouteAggregate(route)
+        return self.aggregates[route]
+
+    def report(self) -> Report:
+        names = sorted(set(self.aggregates) | set(self.calls))
+        return Report(
+            policy=self.policy,
+            routes=[
+                route_report(
+                    name,
+                    self.calls.get(name, {"old": 0, "new": 0}),
+                    self.crossings.get(name, 0),
+                    self.aggregates.get(name),
+                )
+                for name in names
+            ],
+            dropped_events=self.dropped_events,
+        )
+
+
+def parse_time(text: str) -> float:
+    """Seconds since the epoch from ISO 8601 (``2026-11-26T10:00:00Z``) or a number."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"a time is ISO 8601 such as 2026-11-26T10:00:00Z, or seconds since the epoch; "
+            f"got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError(f"a time needs its zone, such as 2026-11-26T10:00:00Z; got {text!r}")
+    return moment.timestamp()
+
+
+def lines(paths: Iterable[str], problem: Problem) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """(file, line number, event) for every readable event line of every file."""
+    for path in paths:
+        if os.path.isdir(path):
+            problem(f"{path}: is a directory, not a log file; skipped")
+            continue
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed below, whatever happens
+        except OSError as exc:
+            problem(f"{path}: cannot open ({exc.strerror or exc}); skipped")
+            continue
+        with handle:
+            count = 0
+            for number, raw in enumerate(handle, start=1):
+                count = number
+                if not raw.strip():
+                    continue
+                complete = raw.endswith(b"\n")
+                try:
+                    event = json.loads(raw)
+                except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+                    what = "truncated last line" if not complete else "corrupt line"
+                    reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                    problem(f"{path}:{number}: {what} skipped ({reason})")
+                    continue
+                if not isinstance(event, dict):
+                    problem(f"{path}:{number}: not an event object; skipped")
+                    continue
+                schema = event.get("schema")
+                if schema != SCHEMA:
+                    problem(
+                        f"{path}:{number}: unknown schema version {schema!r} (this dualrun "
+                        f"reads schema {SCHEMA}); skipped"
+                    )
+                    continue
+                yield path, number, event
+            if count == 0:
+                problem(f"{path}: empty file, no events")
+
+
+class LogReader:
+    """Adds events up, keeping only bounded state."""
+
+    def __init__(
+        self,
+        problem: Problem,
+        route: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> None:
+        self._problem = problem
+        self.totals = LogTotals()
+        self._runs: dict[str, _Run] = {}
+        self._route = route
+        self._since = since
+        self._until = until
+
+    def _wanted(self, route: str) -> bool:
+        return (
+            self._route is None or route == self._route or fnmatch.fnmatchcase(route, self._route)
+        )
+
+    def _inside(self, moment: float) -> bool:
+        return (self._since is None or moment >= self._since) and (
+            self._until is None or moment <= self._until
+        )
+
+    def read(self, paths: Iterable[str]) -> LogTotals:
+        def problem(message: str) -> None:
+            self.totals.problems += 1
+            self._problem(message)
+
+        for path, number, event in lines(paths, problem):
+            try:
+                self.apply(event)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                problem(
+                    f"{path}:{number}: malformed {event.get('event')!r} event skipped ({exc!r})"
+                )
+        for run in self._runs.values():  # divergences after a run's last summary (it died)
+            for name, aggregate in run.pending.items():
+                self.totals.aggregate(name).merge(aggregate)
+        self._runs.clear()
+        return self.totals
+
+    def apply(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        self.totals.events += 1
+        if kind == "dualrun.divergence":
+            obs = Observation.from_dict(event)
+            if self._wanted(obs.route) and self._inside(obs.time):
+                run = self._runs.setdefault(str(event["run"]), _Run())
+                pending = run.pending.setdefault(obs.route, RouteAggregate(obs.route))
+                pending.add(obs)
+        elif kind == "dualrun.summary":
+            self._summary(event)
+        elif kind in ("dualrun.load", "dualrun.policy", "dualrun.promote", "dualrun.rollback"):
+            self.totals.policy = str(event.get("policy", self.totals.policy))
+
+    def _summary(self, event: dict[str, Any]) -> None:
+        self._runs[str(event["run"])] = _Run()  # everything before is in this summary
+        self.totals.policy = str(event.get("policy", self.totals.policy))
+        if not self._inside(float(event["end"])):
+            return
+        self.totals.dropped_events += int(event.get("dropped_events", 0))
+        for name, entry in event["routes"].items():
+            if not self._wanted(name):
+                continue
+            if "calls" in entry:
+                calls = self.totals.calls.setdefault(name, {"old": 0, "new": 0})
+                for label in ("old", "new"):
+                    calls[label] += int(entry["calls"].get(label, 0))
+                self.totals.crossings[name] = self.totals.crossings.get(name, 0) + int(
+                    entry.get("crossings", 0)
+                )
+            if "aggregate" in entry:
+                self.totals.aggregate(name).merge(RouteAggregate.from_dict(entry["aggregate"]))
+
+
+def report_from_logs(
+    paths: Iterable[str],
+    problem: Problem,
+    route: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> tuple[Report, LogTotals]:
+    """The report for any number of logs from any number of processes."""
+    totals = LogReader(problem, route, since, until).read(paths)
+    return totals.report(), totals
