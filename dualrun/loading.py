@@ -15,6 +15,7 @@ import builtins
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.resources
 import importlib.util
 import itertools
 import sys
@@ -89,6 +90,13 @@ class _VersionFinder:
         """Nothing cached here; the path finders keep their own caches."""
 
 
+def _proxy(module: types.ModuleType, **overrides: Any) -> types.ModuleType:
+    """A stand-in for ``module``: ``overrides`` first, everything else from the real module."""
+    proxy = types.ModuleType(module.__name__, module.__doc__)
+    proxy.__dict__.update(__getattr__=lambda attr: getattr(module, attr), **overrides)
+    return proxy
+
+
 def _version_builtins(prefix: str, tops: frozenset[str]) -> dict[str, Any]:
     """A copy of the builtins whose ``__import__`` sends the version's names to ``prefix``."""
 
@@ -104,21 +112,37 @@ def _version_builtins(prefix: str, tops: frozenset[str]) -> dict[str, Any]:
             if top in tops:
                 module = _real_import(f"{prefix}.{name}", globals, locals, fromlist, 0)
                 return module if fromlist else sys.modules[f"{prefix}.{top}"]
-            if top == "importlib" and (name == "importlib" or not fromlist):
-                _real_import(name, globals, locals, fromlist, 0)
-                return importlib_proxy
+            if top == "importlib":
+                module = _real_import(name, globals, locals, fromlist, 0)
+                if not fromlist:
+                    return proxies["importlib"]
+                return proxies.get(name, module)
         return _real_import(name, globals, locals, fromlist, level)
 
-    def import_module(name: str, package: str | None = None) -> types.ModuleType:
-        if not name.startswith(".") and name.partition(".")[0] in tops:
-            name = f"{prefix}.{name}"
-        return importlib.import_module(name, package)
+    def mapped(name: Any) -> Any:
+        if isinstance(name, str) and not name.startswith(".") and name.partition(".")[0] in tops:
+            return f"{prefix}.{name}"
+        return name
 
-    importlib_proxy = types.ModuleType("importlib", importlib.__doc__)
-    importlib_proxy.__dict__.update(
-        __getattr__=lambda attr: getattr(importlib, attr),
+    def import_module(name: str, package: str | None = None) -> types.ModuleType:
+        return importlib.import_module(mapped(name), package)
+
+    def find_spec(name: str, package: str | None = None) -> Any:
+        return importlib.util.find_spec(mapped(name), package)
+
+    def files(anchor: Any = None) -> Any:
+        return importlib.resources.files(mapped(anchor))
+
+    proxies = {
+        "importlib.util": _proxy(importlib.util, find_spec=find_spec),
+        "importlib.resources": _proxy(importlib.resources, files=files),
+    }
+    proxies["importlib"] = _proxy(
+        importlib,
         import_module=import_module,
         __import__=version_import,
+        util=proxies["importlib.util"],
+        resources=proxies["importlib.resources"],
     )
     namespace = dict(builtins.__dict__)
     namespace["__import__"] = version_import
@@ -255,11 +279,18 @@ def _check_packages(name: str, packages: Iterable[str] | None) -> tuple[str, ...
 def _locate(label: str, source: str, base: Path, tops: tuple[str, ...]) -> Path:
     """The directory under ``base`` (itself or its ``src/``) that holds all of ``tops``."""
     importlib.invalidate_caches()
+    candidates = []
     for root in (base, base / "src"):
-        if root.is_dir() and all(
-            importlib.machinery.PathFinder.find_spec(top, [str(root)]) is not None for top in tops
-        ):
-            return root
+        if root.is_dir():
+            specs = [importlib.machinery.PathFinder.find_spec(top, [str(root)]) for top in tops]
+            if all(spec is not None for spec in specs):
+                # A plain directory named like the package (a namespace portion) loses to a
+                # real package or module in src/.
+                if all(spec is not None and spec.origin is not None for spec in specs):
+                    return root
+                candidates.append(root)
+    if candidates:
+        return candidates[0]
     missing = ", ".join(repr(t) for t in tops)
     raise VersionLoadError(
         label,

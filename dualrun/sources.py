@@ -81,12 +81,7 @@ def _extract_zip(label: str, source: str, archive: zipfile.ZipFile, into: Path) 
 
 
 def _from_git(label: str, source: str) -> Path:
-    spec = source[len(GIT_PREFIX) :]
-    if "@" in spec:
-        repo_text, _, rev = spec.rpartition("@")
-        repo = Path(repo_text).expanduser()
-    else:
-        repo, rev = Path.cwd(), spec
+    repo, rev = _split_git(label, source, source[len(GIT_PREFIX) :])
     if not rev:
         raise VersionLoadError(label, source, "no revision given: use 'git:REV' or 'git:REPO@REV'")
     if not repo.is_dir():
@@ -114,6 +109,17 @@ def _from_git(label: str, source: str) -> Path:
         archive = _git_bytes(label, source, top, "archive", "--format=tar", commit)
         _publish(target, lambda tmp: _extract_tar(archive, tmp))
     return target / subdir if subdir else target
+
+
+def _split_git(label: str, source: str, spec: str) -> tuple[Path, str]:
+    """``REPO@REV`` or ``REV`` (which may itself hold an ``@``, as in ``HEAD@{1}``)."""
+    for at, char in enumerate(spec):
+        if char == "@" and at and Path(spec[:at]).expanduser().is_dir():
+            return Path(spec[:at]).expanduser(), spec[at + 1 :]
+    head = spec.partition("@")[0]
+    if "@" in spec and (os.sep in head or head.startswith((".", "~"))):
+        raise VersionLoadError(label, source, f"repository path {head!r} is not a directory")
+    return Path.cwd(), spec
 
 
 def _git(label: str, source: str, repo: Path, *args: str, what: str) -> str:

@@ -794,3 +794,32 @@ def test_threads_loading_at_once(many_dirs: tuple[Path, Path]) -> None:
         for pair in pairs:
             pair.unload()
     assert dualrun_leftovers() == ([], [])
+
+
+def test_importlib_util_and_resources_inside_a_version_see_the_version(
+    write_tree: Callable[[str, Files], Path], load_pair: Callable[..., dualrun.VersionPair]
+) -> None:
+    def files(tag: str) -> Files:
+        return {
+            "pricing/__init__.py": (
+                "import importlib.util\n"
+                "from importlib import resources\n"
+                "from importlib.resources import files\n"
+                "def spec_origin():\n"
+                "    return importlib.util.find_spec('pricing.rates').origin\n"
+                "def rates_text():\n"
+                "    return resources.files('pricing').joinpath('rates.txt').read_text()\n"
+                "def rates_text_again():\n"
+                "    return files('pricing').joinpath('rates.txt').read_text()\n"
+            ),
+            "pricing/rates.py": "",
+            "pricing/rates.txt": f"rates {tag}\n",
+        }
+
+    old, new = write_tree("v1", files("v1")), write_tree("v2", files("v2"))
+    pair = load_pair("pricing", old=str(old), new=str(new))
+    for version, tag, root in ((pair.old, "v1", old), (pair.new, "v2", new)):
+        assert version.module.spec_origin() == str(root / "pricing" / "rates.py")
+        assert version.module.rates_text() == f"rates {tag}\n"
+        assert version.module.rates_text_again() == f"rates {tag}\n"
+    assert "pricing" not in sys.modules

@@ -513,3 +513,28 @@ def test_empty_source(earlier: dualrun.VersionPair) -> None:
     assert caught.value.label == "old"
     assert "a source is a directory" in str(caught.value)
     assert_only(earlier)
+
+
+def test_git_revision_with_an_at_sign_in_it(
+    tmp_path: Path, git_env: None, load_pair: LoadPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "reflog"
+    write_files(repo, pricing_files("v1"))
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "v1")
+    write_files(repo, pricing_files("v2"))
+    git(repo, "commit", "-q", "-am", "v2")
+    monkeypatch.chdir(repo)
+    pair = load_pair("pricing", old="git:HEAD@{1}", new=f"git:{repo}@HEAD")
+    assert_pricing_pair(pair, "v1", "v2")
+
+
+def test_a_real_package_in_src_wins_over_a_plain_directory_of_the_same_name(
+    tmp_path: Path, load_one: Callable[..., dualrun.Version]
+) -> None:
+    write_files(tmp_path / "project", {"pricing/NOTES.txt": "docs, not code\n"})
+    write_files(tmp_path / "project" / "src", pricing_files("v1"))
+    version = load_one("old", "pricing", str(tmp_path / "project"))
+    assert version.root == tmp_path / "project" / "src"
+    assert version.module.VERSION == "v1"
