@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from dualrun.context import Label, current_request
-from dualrun.counters import new_counter, peek
+from dualrun.counters import Counter, new_counter, peek
 from dualrun.errors import TargetNotFoundError
 from dualrun.targets import Found, Kind, find
 
 if TYPE_CHECKING:
     from dualrun.dispatcher import Dispatcher
+    from dualrun.loading import Version
 
 Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
 
@@ -33,40 +34,79 @@ def _flavour(fn: Any) -> str:
     return "sync"
 
 
+Slot = tuple[Any, Counter, Counter]  # (callable, entered, left)
+
+
 class Route:
-    """One routed target: per-version callables and per-version counts."""
+    """One routed target: per-version callables and per-version counts.
+
+    ``slots[label]`` is what a call routed to ``label`` runs, with the counters of its version;
+    the lifecycle rebinds a label to another version (a swapped candidate) or aliases it to the
+    other label (the kill switch, a retired version) by replacing a slot, which the hot path
+    reads once per call.
+    """
 
     def __init__(self, dispatcher: Dispatcher, target: str) -> None:
         self.target = target
         self._dispatcher = dispatcher
-        found = {v.label: find(v, target) for v in dispatcher.versions}
-        old, new = found["old"], found["new"]
-        if old.kind is not new.kind:
-            raise TargetNotFoundError(
-                f"target {target!r} is a {old.kind.value} in the 'old' version but a "
-                f"{new.kind.value} in the 'new' version; a route needs the same kind in both"
-            )
+        old = find(dispatcher.versions.old, target)
         self.kind: Kind = old.kind
         self.flavour = _flavour(old.value)
-        if _flavour(new.value) != self.flavour:
-            raise TargetNotFoundError(
-                f"target {target!r} is a {self.flavour} callable in the 'old' version but "
-                f"{_flavour(new.value)} in the 'new' version; a route needs the same in both"
-            )
-        self.found: dict[Label, Found] = {"old": old, "new": new}
-        self.entered = {label: new_counter() for label in ("old", "new")}
-        self.left = {label: new_counter() for label in ("old", "new")}
+        new = self.check(dispatcher.versions.new, "the 'old' version")
         self.crossings = new_counter()  # method calls that followed their object's version
-        self._prefixes = {v.label: v.prefix + "." for v in dispatcher.versions}
+        self.migrations = new_counter()  # values converted by a migration hook
+        self.found: dict[Label, Found] = {}
+        self.entered: dict[Label, Counter] = {}
+        self.left: dict[Label, Counter] = {}
+        self.slots: dict[Label, Slot] = {}
         # Shadow runs count apart: they are in flight in their version but serve no caller.
-        self.slots = {
-            label: (self.found[label].value, self.entered[label], self.left[label])
-            for label in ("old", "new")
-        }
-        self.shadow_slots = {
-            label: (self.found[label].value, new_counter(), new_counter())
-            for label in ("old", "new")
-        }
+        self.shadow_slots: dict[Label, Slot] = {}
+        self._shadow_counters: dict[Label, tuple[Counter, Counter]] = {}
+        self._prefixes: dict[Label, str] = {}
+        self.bind("old", old, dispatcher.versions.old.prefix)
+        self.bind("new", new, dispatcher.versions.new.prefix)
+
+    def check(self, version: Version, reference: str) -> Found:
+        """The target in ``version``, if it is the same kind and flavour as in ``reference``."""
+        found = find(version, self.target)
+        where = f"in the {version.label!r} version ({version.source})"
+        if found.kind is not self.kind:
+            raise TargetNotFoundError(
+                f"target {self.target!r} is a {found.kind.value} {where} but a "
+                f"{self.kind.value} in {reference}; a route needs the same kind in both versions"
+            )
+        if _flavour(found.value) != self.flavour:
+            raise TargetNotFoundError(
+                f"target {self.target!r} is {_flavour(found.value)} {where} but a "
+                f"{self.flavour} callable in {reference}; a route needs the same in both versions"
+            )
+        return found
+
+    def bind(self, label: Label, found: Found, prefix: str) -> None:
+        """Serve ``label`` with ``found`` (of the version with ``prefix``), counting afresh."""
+        entered, left = new_counter(), new_counter()
+        shadow = (new_counter(), new_counter())
+        self.found[label] = found
+        self.entered[label], self.left[label] = entered, left
+        self._shadow_counters[label] = shadow
+        self._prefixes[label] = prefix + "."
+        self.shadow_slots[label] = (found.value, *shadow)
+        self.slots[label] = (found.value, entered, left)
+
+    def alias(self, label: Label, to: Label) -> None:
+        """Serve calls routed to ``label`` with ``to``'s version (counted as ``to``'s)."""
+        self.shadow_slots[label] = self.shadow_slots[to]
+        self.slots[label] = self.slots[to]
+
+    def unalias(self, label: Label) -> None:
+        """Undo :meth:`alias`: ``label`` serves its own version again."""
+        value = self.found[label].value
+        self.shadow_slots[label] = (value, *self._shadow_counters[label])
+        self.slots[label] = (value, self.entered[label], self.left[label])
+
+    def counters(self, label: Label) -> list[tuple[Counter, Counter]]:
+        """The in/out counters of the version bound to ``label``: serving and shadow runs."""
+        return [(self.entered[label], self.left[label]), self._shadow_counters[label]]
 
     # -- what the report reads -------------------------------------------------------------
 
@@ -74,10 +114,8 @@ class Route:
         return peek(self.entered[label])
 
     def in_flight(self, label: Label) -> int:
-        """Calls running in ``label`` now, serving callers or as shadows."""
-        _, entered, left = self.shadow_slots[label]
-        serving = peek(self.entered[label]) - peek(self.left[label])
-        return serving + peek(entered) - peek(left)
+        """Calls running in the version bound to ``label`` now, serving callers or as shadows."""
+        return sum(peek(entered) - peek(left) for entered, left in self.counters(label))
 
     # -- the hot path ----------------------------------------------------------------------
 
