@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from typing import Any
 
 import wrapt
@@ -12,13 +15,41 @@ from dualrun.counters import new_counter, peek
 from dualrun.eventlog import EventLog
 from dualrun.intercept import Interception, install
 from dualrun.journal import Journal
-from dualrun.loading import VersionPair
+from dualrun.lifecycle import Retirement, RetirementRecord
+from dualrun.loading import VersionPair, load_version
 from dualrun.policy import Fixed, Policy, check_policy
 from dualrun.recorder import Recorder
 from dualrun.report import Report, build_report
 from dualrun.routing import Route
 from dualrun.shadow import Shadow, ShadowRunner
 from dualrun.targets import parse_target
+
+KILL_SWITCH_VARIABLE = "DUALRUN_KILL_SWITCH"
+_OTHER: dict[Label, Label] = {"old": "new", "new": "old"}
+
+
+def check_migrations(
+    migrate: Mapping[tuple[str, str], Callable[[Any], Any]] | None,
+) -> dict[tuple[Label, Label], Callable[[Any], Any]]:
+    """Validate ``migrate={("old", "new"): fn, ("new", "old"): fn}``."""
+    if migrate is None:
+        return {}
+    if not isinstance(migrate, Mapping):
+        raise ValueError(
+            "migrate is a dict such as {('old', 'new'): to_new, ('new', 'old'): to_old}, "
+            f"got {migrate!r}"
+        )
+    checked: dict[tuple[Label, Label], Callable[[Any], Any]] = {}
+    for key, convert in migrate.items():
+        if key == ("old", "new"):
+            checked[("old", "new")] = convert
+        elif key == ("new", "old"):
+            checked[("new", "old")] = convert
+        else:
+            raise ValueError(f"a migrate key is ('old', 'new') or ('new', 'old'), got {key!r}")
+        if not callable(convert):
+            raise ValueError(f"migrate[{key!r}] is a callable taking one value, got {convert!r}")
+    return checked
 
 
 class Dispatcher:
@@ -35,12 +66,21 @@ class Dispatcher:
         policy: Policy | None = None,
         shadow: Shadow | None = None,
         log: str | os.PathLike[str] | EventLog | Any = None,
+        migrate: Mapping[tuple[str, str], Callable[[Any], Any]] | None = None,
     ) -> None:
         if not isinstance(versions, VersionPair):
             raise ValueError(
                 f"versions is the VersionPair that dualrun.load() returns, got {versions!r}"
             )
         self.versions = versions
+        self.migrations = check_migrations(migrate)
+        self._lifecycle = threading.RLock()  # promote, rollback, swap, kill: one at a time
+        self._retired_label: Label | None = None  # the label whose version was retired
+        self._retiring: list[Retirement] = []
+        self.retired: list[RetirementRecord] = []
+        self.history: list[dict[str, Any]] = []  # earlier candidates: source and report
+        self._killed: str | None = None
+        self._saved_shadow: Shadow | None = None
         self._routes: dict[str, Route] = {}
         self._interceptions: list[Interception] = []
         self.policy_errors = new_counter()
@@ -55,6 +95,8 @@ class Dispatcher:
         self.journal: Journal | None = None
         if log is not None:
             self.journal = Journal(self, log if isinstance(log, EventLog) else EventLog(log))
+        if os.environ.get(KILL_SWITCH_VARIABLE, "").strip() not in ("", "0"):
+            self.kill(f"{KILL_SWITCH_VARIABLE} is set")
 
     # -- policy ----------------------------------------------------------------------------
 
@@ -93,19 +135,183 @@ class Dispatcher:
         """Wait for queued background shadow runs; False if ``timeout`` ran out first."""
         return True if self._shadow is None else self._shadow.flush(timeout)
 
-    def promote(self) -> None:
-        """Send every call to the new version, including requests already routed to old."""
-        self._switch(Fixed("new"))
-        self._event("dualrun.promote")
+    # -- lifecycle -------------------------------------------------------------------------
 
-    def rollback(self) -> None:
-        """Send every call to the old version, including requests already routed to new."""
-        self._switch(Fixed("old"))
-        self._event("dualrun.rollback")
+    def promote(self, retire: bool = True, drain_timeout: float | None = 30.0) -> None:
+        """Commit to the new version: every call goes to it at once, requests already routed
+        to old included. With ``retire`` (the default) the old version is unloaded once its
+        in-flight calls have finished (or after ``drain_timeout`` seconds, reported as forced)
+        and shadowing stops, as there is nothing left to compare with; load the next candidate
+        with :meth:`swap_candidate`. With ``retire=False`` old stays loaded and shadowed, so
+        :meth:`rollback` can still bring it back."""
+        with self._lifecycle:
+            self._refuse_when_killed("promote")
+            if self._retired_label == "new":
+                raise RuntimeError(
+                    "rollback(retire=True) retired the new version: load a candidate with "
+                    "swap_candidate() before promoting"
+                )
+            self._switch(Fixed("new"))
+            if retire and self._retired_label is None:
+                self._stop_shadowing()
+                self._retire("old", drain_timeout)
+            self._event("dualrun.promote", retire=retire)
+
+    def rollback(self, retire: bool = False, drain_timeout: float | None = 30.0) -> None:
+        """Every call goes to the old version at once, requests already routed included.
+
+        The new version stays loaded and keeps being shadowed (as configured), so its
+        divergences stay visible and :meth:`promote` stays possible; with ``retire=True`` it is
+        unloaded once its in-flight calls have finished, and shadowing stops.
+        """
+        with self._lifecycle:
+            if self._retired_label == "old":
+                raise RuntimeError(
+                    "promote() retired the old version: there is nothing to roll back to. Load "
+                    "the version to go back to with swap_candidate() and keep Fixed('old')"
+                )
+            self._switch(Fixed("old"))
+            if retire and self._retired_label is None:
+                self._stop_shadowing()
+                self._retire("new", drain_timeout)
+            self._event("dualrun.rollback", retire=retire)
+
+    def swap_candidate(self, source: str, drain_timeout: float | None = 30.0) -> None:
+        """Load ``source`` as the new candidate while traffic flows.
+
+        If the load fails, or a routed target is missing in the candidate, the current versions
+        keep serving untouched and the error is raised (and logged). Otherwise calls routed to
+        new go to the candidate at once, and the previous candidate is unloaded once its
+        in-flight calls have finished. After :meth:`promote`, the promoted version becomes the
+        old one. Statistics restart; :attr:`history` keeps each earlier candidate's report.
+        """
+        with self._lifecycle:
+            self._refuse_when_killed("swap_candidate")
+            self.wait_retired(drain_timeout, force=True)  # at most two versions are loaded
+            keep = self.versions.new if self._retired_label == "old" else self.versions.old
+            current = self.versions.new
+            try:
+                candidate = load_version("new", current.name, source, current.tops[1:])
+            except Exception as exc:
+                self._event(
+                    "dualrun.error",
+                    where="swap_candidate",
+                    source=str(source),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                raise
+            try:
+                found = {
+                    name: route.check(candidate, "the version it replaces")
+                    for name, route in self._routes.items()
+                }
+            except Exception as exc:
+                candidate.unload()
+                self._event(
+                    "dualrun.error",
+                    where="swap_candidate",
+                    source=str(source),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                raise
+            self.history.append({"candidate": current.source, "report": self.report().to_dict()})
+            if self.journal is not None:
+                self.journal.summarize(force=True)
+            if self._retired_label == "old":
+                keep.label = "old"  # the promoted version is the baseline now
+                for route in self._routes.values():
+                    route.bind("old", route.found["new"], keep.prefix)
+                self._switch(Fixed("old"))
+            elif self._retired_label is None:
+                self._retire("new", drain_timeout, switch=False)
+            for name, route in self._routes.items():
+                route.bind("new", found[name], candidate.prefix)
+            self.versions = VersionPair(keep, candidate)
+            self._retired_label = None
+            self._epoch = object()
+            self._restart_statistics()
+            self._event("dualrun.swap", previous=current.source, candidate=candidate.source)
+
+    def kill(self, reason: str = "kill() called") -> None:
+        """The kill switch: every call runs the old version from now on, whatever the policy or
+        pins say, and shadowing stops, until :meth:`revive`. Also set by the environment
+        variable ``DUALRUN_KILL_SWITCH=1`` when the dispatcher is made."""
+        with self._lifecycle:
+            if self._killed is not None:
+                return
+            self._killed = reason
+            self._switch(Fixed("old"))
+            self._saved_shadow = self.shadow
+            self.shadow = None
+            if self._retired_label is None:
+                for route in self._routes.values():
+                    route.alias("new", "old")
+            self._event("dualrun.kill", reason=reason)
+
+    def revive(self) -> None:
+        """Turn the kill switch off: the new version can serve again (the policy stays
+        ``Fixed("old")`` until you set another) and shadowing resumes."""
+        with self._lifecycle:
+            if self._killed is None:
+                return
+            self._killed = None
+            if self._retired_label is None:
+                for route in self._routes.values():
+                    route.unalias("new")
+            self.shadow = self._saved_shadow
+            self._event("dualrun.revive")
+
+    @property
+    def killed(self) -> str | None:
+        """Why the kill switch is on, or None."""
+        return self._killed
+
+    def wait_retired(self, timeout: float | None = None, force: bool = False) -> bool:
+        """Wait until retired versions are unloaded; with ``force``, unload them after
+        ``timeout`` whatever still runs. False if one is still loaded."""
+        for retirement in list(self._retiring):
+            if not retirement.wait(timeout) and force:
+                retirement.force()
+        return all(r.wait(0) for r in self._retiring)
+
+    def _refuse_when_killed(self, what: str) -> None:
+        if self._killed is not None:
+            raise RuntimeError(f"{what}: the kill switch is on ({self._killed}); revive() first")
 
     def _switch(self, policy: Policy) -> None:
         self.policy = policy
         self._epoch = object()
+
+    def _stop_shadowing(self) -> None:
+        self.shadow = None
+        self._saved_shadow = None
+
+    def _retire(self, label: Label, timeout: float | None, switch: bool = True) -> None:
+        """Unload ``label``'s version once its calls have finished; with ``switch``, calls
+        routed to ``label`` meanwhile go to the other version."""
+        version = self.versions[label]
+        counters = [c for route in self._routes.values() for c in route.counters(label)]
+        if switch:
+            other: Label = "new" if label == "old" else "old"
+            for route in self._routes.values():
+                route.alias(label, other)
+            self._retired_label = label
+            live = self.versions[other]
+            self.versions = VersionPair(live, live)
+        self._retiring.append(Retirement(version, counters, timeout, self._retired))
+
+    def _retired(self, record: RetirementRecord) -> None:
+        self.retired.append(record)
+        self._retiring = [r for r in self._retiring if r.record is not record]
+        self._event("dualrun.retire", **asdict(record))
+
+    def _restart_statistics(self) -> None:
+        if self._shadow is not None:
+            self.shadow = self._shadow.config  # a fresh runner: noise is learnt anew
+        if self.journal is not None:
+            self.journal.restart()
+        else:
+            self.recorder.reset()
 
     # -- the decision (hot path) -----------------------------------------------------------
 
@@ -138,7 +344,15 @@ class Dispatcher:
     def _route_for(self, target: str) -> Route:
         route = self._routes.get(target)
         if route is None:
-            route = self._routes.setdefault(target, Route(self, target))
+            with self._lifecycle:
+                route = self._routes.get(target)
+                if route is None:
+                    route = Route(self, target)
+                    if self._retired_label is not None:
+                        route.alias(self._retired_label, _OTHER[self._retired_label])
+                    elif self._killed is not None:
+                        route.alias("new", "old")
+                    self._routes[target] = route
         return route
 
     def route(self, target: str) -> wrapt.FunctionWrapper[Any, Any]:

@@ -39,6 +39,7 @@ SCHEMA = 1
 Redactor = Callable[[dict[str, Any]], dict[str, Any]]
 _FLUSH = object()
 _STOP = object()
+_BATCH_LINES = 512  # under sustained load, write at least every this many lines
 
 
 class _LineFile:
@@ -53,6 +54,9 @@ class _LineFile:
         self._pending.append(line)
 
     info = warning = error = msg
+
+    def pending(self) -> int:
+        return len(self._pending)
 
     def write_pending(self) -> None:
         if self._pending:
@@ -141,7 +145,13 @@ class EventLog:
         self.summary_interval = float(summary_interval)
         self.match_sample = float(match_sample)  # read by the dispatcher
         self.run = uuid.uuid4().hex[:16]
-        self._base = {"run": self.run, "pid": os.getpid(), "host": socket.gethostname()}
+        # The schema goes into every event, also those written through the app's own logger.
+        self._base = {
+            "schema": SCHEMA,
+            "run": self.run,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
         self._bound = queue_size
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self.dropped = new_counter()
@@ -198,7 +208,11 @@ class EventLog:
                 self._write_pending()
                 item.set()
                 continue
-            if self._queue.empty():
+            # Write when the queue runs dry, and also every _BATCH_LINES lines: a producer that
+            # never lets the queue empty must not keep lines (and summaries) back indefinitely.
+            if self._queue.empty() or (
+                self._file is not None and self._file.pending() >= _BATCH_LINES
+            ):
                 self._write_pending()
                 self._maybe_summarize()
 
@@ -251,7 +265,7 @@ class EventLog:
         _open_logs.discard(self)
 
     def fields(self) -> Mapping[str, Any]:
-        """The fields every event of this log carries (run, pid, host)."""
+        """The fields every event of this log carries (schema, run, pid, host)."""
         return dict(self._base)
 
 

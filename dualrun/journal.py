@@ -116,6 +116,17 @@ class Journal:
             self._last_calls = calls
             self._last_dropped = dropped
 
+    def restart(self) -> None:
+        """Statistics start anew (a swapped candidate): forget them, and rebase the summaries."""
+        dispatcher = self._dispatcher
+        with dispatcher.recorder.locked():
+            dispatcher.recorder.reset_unlocked()
+            self._last = {}
+            self._last_calls = {
+                name: [route.calls("old"), route.calls("new"), peek(route.crossings)]
+                for name, route in dispatcher.routes.items()
+            }
+
     def close(self, timeout: float | None = 5.0) -> None:
         """A final summary, then flush and close the log."""
         self.summarize(force=True)

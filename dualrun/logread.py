@@ -102,7 +102,7 @@ def lines(paths: Iterable[str], problem: Problem) -> Iterator[tuple[str, int, di
                 complete = raw.endswith(b"\n")
                 try:
                     event = json.loads(raw)
-                except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+                except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError
                     what = "truncated last line" if not complete else "corrupt line"
                     reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
                     problem(f"{path}:{number}: {what} skipped ({reason})")
@@ -182,23 +182,32 @@ class LogReader:
             self.totals.policy = str(event.get("policy", self.totals.policy))
 
     def _summary(self, event: dict[str, Any]) -> None:
-        self._runs[str(event["run"])] = _Run()  # everything before is in this summary
-        self.totals.policy = str(event.get("policy", self.totals.policy))
-        if not self._inside(float(event["end"])):
-            return
-        self.totals.dropped_events += int(event.get("dropped_events", 0))
-        for name, entry in event["routes"].items():
+        # Parse the whole event before using any of it: a malformed one is skipped entirely.
+        run = str(event["run"])
+        inside = self._inside(float(event["end"]))
+        dropped = int(event.get("dropped_events", 0)) if inside else 0
+        parsed: list[tuple[str, dict[str, int] | None, int, RouteAggregate | None]] = []
+        for name, entry in event["routes"].items() if inside else ():
             if not self._wanted(name):
                 continue
+            calls = None
             if "calls" in entry:
-                calls = self.totals.calls.setdefault(name, {"old": 0, "new": 0})
-                for label in ("old", "new"):
-                    calls[label] += int(entry["calls"].get(label, 0))
-                self.totals.crossings[name] = self.totals.crossings.get(name, 0) + int(
-                    entry.get("crossings", 0)
-                )
+                calls = {label: int(entry["calls"].get(label, 0)) for label in ("old", "new")}
+            aggregate = None
             if "aggregate" in entry:
-                self.totals.aggregate(name).merge(RouteAggregate.from_dict(entry["aggregate"]))
+                aggregate = RouteAggregate.from_dict(entry["aggregate"])
+            parsed.append((name, calls, int(entry.get("crossings", 0)), aggregate))
+        self._runs[run] = _Run()  # everything before is in this summary
+        self.totals.policy = str(event.get("policy", self.totals.policy))
+        self.totals.dropped_events += dropped
+        for name, calls, crossings, aggregate in parsed:
+            if calls is not None:
+                totals = self.totals.calls.setdefault(name, {"old": 0, "new": 0})
+                for label in ("old", "new"):
+                    totals[label] += calls[label]
+                self.totals.crossings[name] = self.totals.crossings.get(name, 0) + crossings
+            if aggregate is not None:
+                self.totals.aggregate(name).merge(aggregate)
 
 
 def report_from_logs(

@@ -435,6 +435,15 @@ class Recorder:
         with self._lock:
             return copy.deepcopy(self._routes)
 
+    def reset(self) -> None:
+        """Forget everything (a new candidate's statistics start from zero)."""
+        with self._lock:
+            self.reset_unlocked()
+
+    def reset_unlocked(self) -> None:
+        """:meth:`reset` for a caller that holds :meth:`locked`."""
+        self._routes.clear()
+
     def locked(self) -> threading.Lock:
         """The lock that orders observations; hold it to take a summary consistent with them."""
         return self._lock

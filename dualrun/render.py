@@ -114,6 +114,8 @@ def render_text(report: Report, top: int | None = None) -> str:
             f"policy errors: {report.policy_errors:,} (served by old); last: "
             f"{report.last_policy_error}"
         )
+    if report.dropped_events:
+        lines.append(f"event-log lines dropped (queue full): {report.dropped_events:,}")
     for route in report.routes:
         lines += ["", route.route]
         summary = _summary(route)
@@ -140,6 +142,8 @@ def render_markdown(report: Report, top: int | None = None) -> str:
             f"**Policy errors:** {report.policy_errors:,} (served by old); last: "
             f"`{report.last_policy_error}`",
         ]
+    if report.dropped_events:
+        lines += ["", f"**Event-log lines dropped (queue full):** {report.dropped_events:,}"]
     for route in report.routes:
         lines += ["", f"### `{route.route}`", "", "| | |", "|---|---|"]
         lines += [f"| {name} | {value} |" for name, value in _summary(route)]

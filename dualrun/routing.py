@@ -34,6 +34,7 @@ def _flavour(fn: Any) -> str:
     return "sync"
 
 
+_OTHER: dict[Label, Label] = {"old": "new", "new": "old"}
 Slot = tuple[Any, Counter, Counter]  # (callable, entered, left)
 
 
@@ -131,18 +132,37 @@ class Route:
         method = self.kind is Kind.METHOD
         prefixes = self._prefixes
         crossings = self.crossings
+        migrations = dispatcher.migrations
+        migrated = self.migrations
         slots = self.slots
 
-        def owner_of(instance: Any) -> Label | None:
-            module = type(instance).__module__
-            for label, prefix in prefixes.items():
-                if module.startswith(prefix):
-                    return label
+        def owner_of(value: Any, label: Label) -> Label | None:
+            """The label of the other version if ``value`` was made by it, else None."""
+            module = type(value).__module__
+            if module.startswith(prefixes[label]):
+                return None
+            for other, prefix in prefixes.items():
+                if other != label and module.startswith(prefix):
+                    return other
             return None
 
-        def choose(instance: Any, args: tuple[Any, ...]) -> tuple[Label, tuple[Any, ...], bool]:
+        def migrate(value: Any, label: Label) -> Any:
+            owner = owner_of(value, label)
+            convert = None if owner is None else migrations.get((owner, label))
+            if convert is None:
+                return value
+            next(migrated)
+            return convert(value)
+
+        def choose(
+            instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[Label, tuple[Any, ...], dict[str, Any], bool]:
             """The version, the full arguments, and whether the call may be shadowed."""
             label = decide(get_request())
+            if migrations:
+                # A value made by the other version is converted when a hook is registered.
+                args = tuple(migrate(a, label) for a in args)
+                kwargs = {k: migrate(v, label) for k, v in kwargs.items()}
             if method:
                 if instance is None:
                     if not args:
@@ -150,19 +170,21 @@ class Route:
                             f"{self.target} is a method: call it with the instance first"
                         )
                     instance, args = args[0], args[1:]
-                owner = owner_of(instance)
+                elif migrations:
+                    instance = migrate(instance, label)
+                owner = owner_of(instance, label)
                 if owner is not None:
-                    # The livepatch rule: a method runs in the version that created its object,
-                    # and such a call cannot be shadowed (the other version has no such object).
-                    if owner != label:
-                        next(crossings)
-                    return owner, (instance, *args), False
-                return label, (instance, *args), True
+                    # The livepatch rule: without a migration, a method runs in the version
+                    # that created its object; such a call is not shadowed (the other version
+                    # has no such object).
+                    next(crossings)
+                    return owner, (instance, *args), kwargs, False
+                return label, (instance, *args), kwargs, owner_of(instance, _OTHER[label]) is None
             if prepend_instance and instance is not None:
-                return label, (instance, *args), True
-            return label, args, True
+                return label, (instance, *args), kwargs, True
+            return label, args, kwargs, True
 
-        if self.flavour == "sync" and not method and not prepend_instance:
+        if self.flavour == "sync" and not method and not prepend_instance and not migrations:
 
             def route_function(
                 wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -192,7 +214,7 @@ class Route:
             def route_call(
                 wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
             ) -> Any:
-                label, full, shadowable = choose(instance, args)
+                label, full, kwargs, shadowable = choose(instance, args, kwargs)
                 shadow = dispatcher._shadow
                 if shadowable and shadow is not None and shadow.wants(label, get_request()):
                     return shadow.call(self, label, full, kwargs)
@@ -210,7 +232,7 @@ class Route:
             def route_async(
                 wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
             ) -> Coroutine[Any, Any, Any]:
-                label, full, shadowable = choose(instance, args)
+                label, full, kwargs, shadowable = choose(instance, args, kwargs)
                 shadow = dispatcher._shadow
                 if shadowable and shadow is not None and shadow.wants(label, get_request()):
                     return shadow.call_async(self, label, full, kwargs)
@@ -232,7 +254,7 @@ class Route:
             def route_generator(
                 wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
             ) -> Generator[Any, Any, Any]:
-                label, full, _ = choose(instance, args)
+                label, full, kwargs, _ = choose(instance, args, kwargs)
                 fn, entered, left = slots[label]
 
                 def run() -> Generator[Any, Any, Any]:
@@ -249,7 +271,7 @@ class Route:
         def route_async_generator(
             wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> AsyncIterator[Any]:
-            label, full, _ = choose(instance, args)
+            label, full, kwargs, _ = choose(instance, args, kwargs)
             fn, entered, left = slots[label]
 
             async def run() -> AsyncIterator[Any]:

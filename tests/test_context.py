@@ -365,7 +365,7 @@ def test_a_policy_swap_keeps_routed_requests_promote_and_rollback_switch_them(
         with dualrun.context(key="fresh-2"):
             assert version() == "old"
         assert version() == "old"
-        d.promote()
+        d.promote(retire=False)
         assert version() == "new"  # promote switches even requests already routed
         d.policy = dualrun.Fixed("old")
         assert version() == "new"  # ... and then it sticks again

@@ -249,7 +249,7 @@ def test_promote_and_rollback(versions: dualrun.VersionPair) -> None:
     d = dualrun.Dispatcher(versions, policy=dualrun.Canary(0))
     version = d.route(target(versions, "version"))
     assert version() == "old"
-    d.promote()
+    d.promote(retire=False)
     assert version() == "new"
     assert repr(d.policy) == "Fixed('new')"
     d.rollback()
