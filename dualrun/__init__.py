@@ -4,23 +4,31 @@ from dualrun.compare import Difference
 from dualrun.context import RequestContext, context, current
 from dualrun.dispatcher import Dispatcher
 from dualrun.errors import DualrunWarning, TargetNotFoundError, VersionLoadError
+from dualrun.eventlog import EventLog
+from dualrun.gate import Decision, Gate
 from dualrun.intercept import Interception
 from dualrun.loading import Version, VersionPair, load, load_version
 from dualrun.policy import Canary, Fixed, Policy, stable_bucket
 from dualrun.report import Report
+from dualrun.rollout import Rollout, RolloutStatus
 from dualrun.shadow import Shadow
 from dualrun.sideeffects import side_effect
 
 __all__ = [
     "Canary",
+    "Decision",
     "Difference",
     "Dispatcher",
     "DualrunWarning",
+    "EventLog",
     "Fixed",
+    "Gate",
     "Interception",
     "Policy",
     "Report",
     "RequestContext",
+    "Rollout",
+    "RolloutStatus",
     "Shadow",
     "TargetNotFoundError",
     "Version",
