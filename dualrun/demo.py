@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -25,6 +27,8 @@ SKUS = ("bolt-m6", "washer-m6", "nut-m6", "bracket", "hinge", "drill-bit", "glue
 COUNTRIES = ("DE", "FR", "NL", "AT")
 COUPONS = ("WELCOME10", "SPRING5")
 NOISE_FIELDS = ("generated_at", "quote_id")  # differ on every call, even within one version
+FINAL_STATES = ("promoted", "rolled back", "aborted")
+NOISE_PATHS = tuple(f"$.{name}" for name in NOISE_FIELDS)
 
 Cart = dict[str, Any]
 Quoter = Callable[[Cart], dict[str, Any]]
@@ -144,7 +148,7 @@ def print_samples(versions: VersionPair, carts: Sequence[Cart], out: TextIO) -> 
 
 
 def print_comparison(result: Comparison, seed: int, out: TextIO) -> None:
-    """The summary over many carts: how many disagree, and why."""
+    """The summary over many carts, compared directly: how many disagree, and why."""
     rounding = result.totals_differ - result.differ_with_bulk_change
     print(f"\nAll {result.carts} sample carts (seed {seed}):", file=out)
     print(
@@ -154,12 +158,115 @@ def print_comparison(result: Comparison, seed: int, out: TextIO) -> None:
         f"  {rounding} others (the rounding fix)",
         file=out,
     )
+
+
+def heading(title: str, out: TextIO) -> None:
+    print(f"\n== {title} ==", file=out)
+
+
+def customer(i: int) -> str:
+    """Requests come from a few hundred customers, so each comes back several times."""
+    return f"customer-{(i * 7919) % 400}"
+
+
+def serve(quote: Quoter, carts: Sequence[Cart]) -> list[str]:
+    """One request per cart, each in a request context keyed by its customer."""
+    served = []
+    for i, cart in enumerate(carts):
+        with dualrun.context(key=customer(i)):
+            quote(cart)
+        served.append(customer(i))
+    return served
+
+
+def canary_and_shadow(versions: VersionPair, carts: Sequence[Cart], log: Path, out: TextIO) -> None:
+    """A 20% canary, sticky per customer, with the other version shadowing every request."""
+    heading("Canary and shadow: 20% of customers get 1.5.0, the other version runs beside", out)
+    d = dualrun.Dispatcher(
+        versions,
+        policy=dualrun.Canary(20, salt="demo"),
+        shadow=dualrun.Shadow(primary="any", calibrate=True),
+        log=log,
+    )
+    serve(d.route("pricing.engine:quote"), carts)
+    d.close()
+    report = d.report()
+    route = report.route("pricing.engine:quote")
+    calls = route.calls
+    total = calls["old"] + calls["new"]
     print(
-        f"  quotes differ in some field on {result.quotes_differ}, agree on {result.agree}\n"
-        f"  (ignoring {' and '.join(NOISE_FIELDS)}: they differ on every call, even within one"
-        " version)",
+        f"  {total} requests from {len({customer(i) for i in range(len(carts))})} customers: "
+        f"old served {calls['old']}, new served {calls['new']} "
+        f"({100 * calls['new'] / max(total, 1):.1f}%); a customer always gets the same version",
         file=out,
     )
+    print(report.to_text(top=5), file=out, end="")
+    noise = ", ".join(d.path for d in route.noise_divergences)
+    print(
+        f"  calibration: {noise or 'nothing'} differ between two runs of one version: noise",
+        file=out,
+    )
+    print(
+        f"\n  event log: {log}\n  the same report from the log, as a page: "
+        f"dualrun report {log} --format html > report.html",
+        file=out,
+    )
+
+
+def contract(quote: dict[str, Any]) -> tuple[Any, ...]:
+    """What must not change between versions: currency, and the SKUs and quantities quoted."""
+    return quote["currency"], [(line["sku"], line["qty"]) for line in quote["lines"]]
+
+
+def rollout(versions: VersionPair, carts: Sequence[Cart], out: TextIO, **shadow: Any) -> str:
+    """An automatic rollout under a small gate while requests flow; returns its final state."""
+    d = dualrun.Dispatcher(versions, shadow=dualrun.Shadow(primary="any", **shadow))
+    quote = d.route("pricing.engine:quote")
+    gate = dualrun.Gate(
+        min_comparisons=150, max_mismatch_rate=0.02, max_error_rate=0.02, max_latency_ratio=3.0
+    )
+    stop = threading.Event()
+
+    def traffic() -> None:
+        i = 0
+        while not stop.is_set():
+            with dualrun.context(key=customer(i)):
+                quote(carts[i % len(carts)])
+            i += 1
+
+    seen = [0]
+
+    def progress(status: dualrun.RolloutStatus) -> None:
+        """A line per gate decision, and one when the rollout ends."""
+        if len(status.decisions) > seen[0] or status.state in FINAL_STATES:
+            seen[0] = len(status.decisions) + (status.state in FINAL_STATES)
+            print("  " + status.line(), file=out)
+
+    worker = threading.Thread(target=traffic, daemon=True)
+    worker.start()
+    try:
+        status = dualrun.Rollout(
+            d, steps=[1, 5, 25, 50, 100], gate=gate, interval=0.05, on_change=progress
+        ).run(timeout=20)
+    finally:
+        stop.set()
+        worker.join()
+        d.close()
+    return status.state
+
+
+def rollouts(versions: VersionPair, carts: Sequence[Cart], out: TextIO) -> None:
+    """The strict gate rolls 1.5.0 back; once its changes are accepted, it is promoted."""
+    heading("Rollout: 1% -> 5% -> 25% -> 50% -> 100% while the gate passes", out)
+    print(
+        "  comparing whole quotes (the rounding fix and the bulk rule count as mismatches):",
+        file=out,
+    )
+    rollout(versions, carts, out, ignore=NOISE_PATHS)
+    print("\n  after review both changes are intended: compare what must not change", file=out)
+    print("  (currency, SKUs and quantities) and roll out again:", file=out)
+    state = rollout(versions, carts, out, compare=lambda old, new: contract(old) == contract(new))
+    print(f"  result: {state}", file=out)
 
 
 def _count(text: str) -> int:
@@ -175,6 +282,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--carts", type=_count, default=1000, help="sample carts to compare")
     parser.add_argument("--seed", type=int, default=7, help="seed of the sample carts")
     parser.add_argument("--show", type=_count, default=8, help="carts to print one by one")
+    parser.add_argument(
+        "--log",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "dualrun-demo.jsonl",
+        help="event log to write (JSON lines; replaced on each run)",
+    )
+    parser.add_argument("--no-rollout", action="store_true", help="skip the rollouts")
     return parser
 
 
@@ -184,12 +298,19 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     carts: int = args.carts
     seed: int = args.seed
     show: int = args.show
+    log: Path = args.log
+    log.unlink(missing_ok=True)
     versions = load_demo()
     try:
+        heading("Two versions of one package, side by side", out)
         print_coexistence(versions, out)
         sample = sample_carts(max(carts, show), seed)
         print_samples(versions, sample[:show], out)
         print_comparison(compare(versions, sample[:carts]), seed, out)
+        if carts:
+            canary_and_shadow(versions, sample[:carts], log, out)
+            if not args.no_rollout:
+                rollouts(versions, sample[:carts], out)
     finally:
         versions.unload()
     return 0

@@ -33,6 +33,16 @@ class Check:
     threshold: float
     detail: str
 
+    def short(self) -> str:
+        """``mismatch rate 0.40% [0.10%, 1.20%]``: the value and its interval, if any."""
+        if self.value is None:
+            return f"{self.name} -"
+        if self.name.startswith("latency"):
+            return f"{self.name} {self.value:.2f}x"
+        if self.name == "comparisons":
+            return f"{self.value:.0f} of {self.threshold:.0f} comparisons"
+        return f"{self.name} {self.value:.2%} [{self.low or 0:.2%}, {self.high or 0:.2%}]"
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -54,6 +64,12 @@ class Decision:
 
     def __str__(self) -> str:
         return f"{self.verdict}: " + "; ".join(self.reasons)
+
+    def summary(self) -> str:
+        """One short line: the verdict and each check's numbers."""
+        return f"{self.verdict} after {self.comparisons} comparisons: " + ", ".join(
+            c.short() for c in self.checks
+        )
 
 
 def _number(value: object, what: str, low: float, high: float | None = None) -> float:

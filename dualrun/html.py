@@ -114,7 +114,11 @@ def _route(index: int, route: RouteReport, top: int | None) -> str:
     summary = "".join(
         f"<tr><th>{_e(name)}</th><td>{_e(value)}</td></tr>" for name, value in _summary(route)
     )
-    latency = " · ".join(_latency(route, name) for name in ("p50", "p95", "p99"))
+    latency = (  # a route without comparisons (calls only) has no latencies
+        " · ".join(_latency(route, name) for name in ("p50", "p95", "p99"))
+        if route.latency_ns
+        else ""
+    )
     charts = (
         "<div class='charts'><figure><svg class='mismatch-chart' width='420' height='160' "
         "role='img' aria-label='mismatch rate over time'></svg><figcaption>mismatch rate per "

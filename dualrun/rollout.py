@@ -40,6 +40,7 @@ class StepRecord:
     verdict: str
     comparisons: int
     reasons: tuple[str, ...]
+    summary: str
     time: float
 
 
@@ -67,9 +68,7 @@ class RolloutStatus:
             f"[{p:g}%]" if i == self.step else f"{p:g}%" for i, p in enumerate(self.steps)
         )
         last = self.last
-        detail = "" if last is None else f" | {last.verdict}: {'; '.join(last.reasons)}"
-        if self.reason and self.state in FINAL:
-            detail = f" | {self.reason}"
+        detail = "" if last is None else f"  {last.summary}"
         return f"rollout {self.state:<11} {bar}{detail}"
 
 
@@ -186,8 +185,8 @@ class Rollout:
     def _begin(self) -> None:
         if self._status.state != "ready":
             raise RuntimeError(f"this rollout has already started (it is {self._status.state})")
-        self._enter(0)
         self._set(state="running")
+        self._enter(0)
 
     def _enter(self, step: int) -> None:
         percent = self.steps[step]
@@ -199,7 +198,12 @@ class Rollout:
         while not self._done.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
-            self.tick()
+            try:
+                self.tick()
+            except Exception as exc:  # a fault in the rollout itself: back to safety
+                with self._lock:
+                    self._dispatcher.rollback()
+                    self._finish("aborted", f"dualrun error: {type(exc).__name__}: {exc}")
 
     def tick(self) -> Decision | None:
         """Evaluate the gate once and act on it (the thread calls this every interval)."""
@@ -217,6 +221,7 @@ class Rollout:
                 decision.verdict,
                 decision.comparisons,
                 tuple(decision.reasons),
+                decision.summary(),
                 time.time(),
             )
             self._set(decisions=(*self._status.decisions, record)[-HISTORY:])

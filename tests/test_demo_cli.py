@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -45,9 +46,10 @@ def versions(no_leftovers: None) -> Iterator[VersionPair]:
 
 
 def test_cli_demo_prints_both_versions_side_by_side(
-    no_leftovers: None, capsys: pytest.CaptureFixture[str]
+    no_leftovers: None, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    assert cli.main(["demo", "--carts", "200", "--show", "4"]) == 0
+    log = tmp_path / "demo.jsonl"
+    assert cli.main(["demo", "--carts", "200", "--show", "4", "--log", str(log)]) == 0
     out = capsys.readouterr().out
     assert "old  pricing 1.4.0" in out
     assert "new  pricing 1.5.0" in out
@@ -57,13 +59,40 @@ def test_cli_demo_prints_both_versions_side_by_side(
     assert "old Quote is new Quote -> False" in out
     assert "All 200 sample carts (seed 7)" in out
     assert "DIFFERS" in out and "same" in out
+    # It routes: a canary share of the requests, sticky per customer.
+    served = re.search(r"old served (\d+), new served (\d+)", out)
+    assert served is not None
+    old_calls, new_calls = int(served[1]), int(served[2])
+    assert old_calls + new_calls == 200 and 0 < new_calls < old_calls
+    # It shadows and reports the mismatches with their paths; calibration finds the noise.
+    assert "$.total" in out and "$.lines[*].total" in out
+    assert "calibration: $.generated_at, $.quote_id differ" in out
+    # It writes a log whose report is the same, and shows how to get the HTML page.
+    assert f"dualrun report {log} --format html" in out
+    assert cli.main(["report", str(log), "--top", "5"]) == 0
+    from_log = capsys.readouterr().out
+    assert from_log.strip() in out
+    # It rolls out twice: rolled back on the strict gate, promoted once the changes are accepted.
+    assert "rollout rolled back [1%] 5% 25% 50% 100%  rollback after" in out
+    assert "rollout promoted    1% 5% 25% 50% [100%]" in out
+    assert out.rstrip().endswith("result: promoted")
 
 
 def test_demo_main_takes_its_own_arguments(
-    no_leftovers: None, capsys: pytest.CaptureFixture[str]
+    no_leftovers: None, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    assert demo.main(["--carts", "30", "--seed", "1", "--show", "0"]) == 0
-    assert "All 30 sample carts (seed 1)" in capsys.readouterr().out
+    log = tmp_path / "demo.jsonl"
+    assert (
+        demo.main(
+            ["--carts", "30", "--seed", "1", "--show", "0", "--no-rollout", "--log", str(log)]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "All 30 sample carts (seed 1)" in out
+    assert "30 requests from" in out
+    assert "Rollout" not in out
+    assert log.is_file()
 
 
 def test_python_m_dualrun_demo_runs_in_a_fresh_process() -> None:
