@@ -155,6 +155,7 @@ class EventLog:
         self._bound = queue_size
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self.dropped = new_counter()
+        self.failed = 0  # events the redactor or the app's logger failed on
         self._written = new_counter()
         self._accepted = new_counter()
         self._thread: threading.Thread | None = None
@@ -223,12 +224,14 @@ class EventLog:
                 data = self.redact(data)
             self._logger.info(event, **data)
         except Exception as exc:  # a redactor or the app's logger failed: note it, go on
-            self._logger.info(
-                "dualrun.error",
-                **self._base,
-                where="event log",
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            self.failed += 1
+            with contextlib.suppress(Exception):  # the logger itself may be what fails
+                self._logger.info(
+                    "dualrun.error",
+                    **self._base,
+                    where="event log",
+                    error=f"{type(exc).__name__}: {exc}",
+                )
         next(self._written)
 
     def _write_pending(self) -> None:
@@ -240,7 +243,10 @@ class EventLog:
             return
         if time.monotonic() - self._last_summary >= self.summary_interval:
             self._last_summary = time.monotonic()
-            self.summarize()
+            try:
+                self.summarize()
+            except Exception as exc:  # the writer thread must outlive a failed summary
+                self._write("dualrun.error", {"where": "summary", "error": repr(exc)})
 
     # -- flushing and closing -----------------------------------------------------------------
 
