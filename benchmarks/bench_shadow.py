@@ -120,11 +120,15 @@ def overheads(versions: dualrun.VersionPair) -> None:
         print(f"{what:52} {value:9.0f}")
     print()
     print(f"laboratory overhead      {lab_overhead:8.0f} ns")
-    print(f"inline shadow overhead   {inline_overhead:8.0f} ns  = "
-          f"{inline_overhead / lab_overhead:.3f}x laboratory's  (target <= 0.25x)")
+    print(
+        f"inline shadow overhead   {inline_overhead:8.0f} ns  = "
+        f"{inline_overhead / lab_overhead:.3f}x laboratory's  (target <= 0.25x)"
+    )
     print(f"routed call overhead     {routed_overhead:8.0f} ns")
-    print(f"background added latency {added:8.0f} ns  = "
-          f"{added / routed_overhead:.2f}x the routed call overhead  (target <= 2x)")
+    print(
+        f"background added latency {added:8.0f} ns  = "
+        f"{added / routed_overhead:.2f}x the routed call overhead  (target <= 2x)"
+    )
 
 
 def rss_mb() -> float:
@@ -145,9 +149,11 @@ def memory(versions: dualrun.VersionPair, calls: int = 1_000_000) -> None:
         quote(n)
     after = rss_mb()
     route = d.report().route("bench_shadow_target:quote")
-    print(f"{calls:,} shadowed calls, {route.mismatches:,} mismatches "
-          f"({100 * route.mismatches / route.comparisons:.1f}%): RSS {before:.1f} MB -> "
-          f"{after:.1f} MB, growth {after - before:.1f} MB (target < 50 MB)")
+    print(
+        f"{calls:,} shadowed calls, {route.mismatches:,} mismatches "
+        f"({100 * route.mismatches / route.comparisons:.1f}%): RSS {before:.1f} MB -> "
+        f"{after:.1f} MB, growth {after - before:.1f} MB (target < 50 MB)"
+    )
     d.close()
 
 

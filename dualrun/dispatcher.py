@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -12,6 +13,7 @@ import wrapt
 
 from dualrun.context import EMPTY, Label, RequestContext
 from dualrun.counters import new_counter, peek
+from dualrun.errors import TargetNotFoundError, VersionLoadError
 from dualrun.eventlog import EventLog
 from dualrun.intercept import Interception, install
 from dualrun.journal import Journal
@@ -76,6 +78,7 @@ class Dispatcher:
         self.migrations = check_migrations(migrate)
         self._lifecycle = threading.RLock()  # promote, rollback, swap, kill: one at a time
         self._retired_label: Label | None = None  # the label whose version was retired
+        self._promoted = False  # promote() committed to new (until rollback or the kill switch)
         self._retiring: list[Retirement] = []
         self.retired: list[RetirementRecord] = []
         self.history: list[dict[str, Any]] = []  # earlier candidates: source and report
@@ -152,6 +155,7 @@ class Dispatcher:
                     "swap_candidate() before promoting"
                 )
             self._switch(Fixed("new"))
+            self._promoted = True
             if retire and self._retired_label is None:
                 self._stop_shadowing()
                 self._retire("old", drain_timeout)
@@ -171,6 +175,7 @@ class Dispatcher:
                     "the version to go back to with swap_candidate() and keep Fixed('old')"
                 )
             self._switch(Fixed("old"))
+            self._promoted = False
             if retire and self._retired_label is None:
                 self._stop_shadowing()
                 self._retire("new", drain_timeout)
@@ -182,13 +187,19 @@ class Dispatcher:
         If the load fails, or a routed target is missing in the candidate, the current versions
         keep serving untouched and the error is raised (and logged). Otherwise calls routed to
         new go to the candidate at once, and the previous candidate is unloaded once its
-        in-flight calls have finished. After :meth:`promote`, the promoted version becomes the
-        old one. Statistics restart; :attr:`history` keeps each earlier candidate's report.
+        in-flight calls have finished. After :meth:`promote` (with or without ``retire``), the
+        promoted version becomes the old one, the policy ``Fixed("old")``, and a previous old
+        version that is still loaded drains and is unloaded. Statistics restart;
+        :attr:`history` keeps each earlier candidate's report.
         """
         with self._lifecycle:
             self._refuse_when_killed("swap_candidate")
             self.wait_retired(drain_timeout, force=True)  # at most two versions are loaded
-            keep = self.versions.new if self._retired_label == "old" else self.versions.old
+            # After promote() (retiring old or not) the promoted version is the baseline.
+            promoted = self._retired_label == "old" or (
+                self._retired_label is None and self._promoted
+            )
+            keep = self.versions.new if promoted else self.versions.old
             current = self.versions.new
             try:
                 candidate = load_version("new", current.name, source, current.tops[1:])
@@ -213,11 +224,20 @@ class Dispatcher:
                     source=str(source),
                     error=f"{type(exc).__name__}: {exc}",
                 )
-                raise
+                if isinstance(exc, TargetNotFoundError):
+                    raise
+                # Importing a routed module of the candidate failed: a load failure too.
+                raise VersionLoadError(
+                    "new",
+                    candidate.source,
+                    f"executing the version's code raised {type(exc).__name__}: {exc}",
+                ) from exc
             self.history.append({"candidate": current.source, "report": self.report().to_dict()})
             if self.journal is not None:
                 self.journal.summarize(force=True)
-            if self._retired_label == "old":
+            if promoted:
+                if self._retired_label is None:  # promote(retire=False): old is still loaded
+                    self._retire("old", drain_timeout, switch=False)
                 keep.label = "old"  # the promoted version is the baseline now
                 for route in self._routes.values():
                     route.bind("old", route.found["new"], keep.prefix)
@@ -228,6 +248,7 @@ class Dispatcher:
                 route.bind("new", found[name], candidate.prefix)
             self.versions = VersionPair(keep, candidate)
             self._retired_label = None
+            self._promoted = False
             self._epoch = object()
             self._restart_statistics()
             self._event("dualrun.swap", previous=current.source, candidate=candidate.source)
@@ -241,6 +262,7 @@ class Dispatcher:
                 return
             self._killed = reason
             self._switch(Fixed("old"))
+            self._promoted = False
             self._saved_shadow = self.shadow
             self.shadow = None
             if self._retired_label is None:
@@ -269,10 +291,11 @@ class Dispatcher:
     def wait_retired(self, timeout: float | None = None, force: bool = False) -> bool:
         """Wait until retired versions are unloaded; with ``force``, unload them after
         ``timeout`` whatever still runs. False if one is still loaded."""
-        for retirement in list(self._retiring):
+        pending = list(self._retiring)
+        for retirement in pending:
             if not retirement.wait(timeout) and force:
                 retirement.force()
-        return all(r.wait(0) for r in self._retiring)
+        return all(r.wait(0) for r in pending)
 
     def _refuse_when_killed(self, what: str) -> None:
         if self._killed is not None:
@@ -302,7 +325,10 @@ class Dispatcher:
 
     def _retired(self, record: RetirementRecord) -> None:
         self.retired.append(record)
-        self._retiring = [r for r in self._retiring if r.record is not record]
+        # In place (atomic under the GIL): the lifecycle may be appending a new retirement.
+        for retirement in [r for r in self._retiring if r.record is record]:
+            with contextlib.suppress(ValueError):
+                self._retiring.remove(retirement)
         self._event("dualrun.retire", **asdict(record))
 
     def _restart_statistics(self) -> None:

@@ -50,7 +50,8 @@ class Retirement:
         self._counters = list(counters)
         self._timeout = timeout
         self._done = done
-        self._finished = threading.Event()
+        self._finished = threading.Event()  # set once unloaded and reported to ``done``
+        self._unloaded = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="dualrun-retire", daemon=True)
         self._thread.start()
@@ -74,13 +75,16 @@ class Retirement:
     def finish(self) -> None:
         """Unload now (called by the thread, or by :meth:`force`)."""
         with self._lock:
-            if self._finished.is_set():
+            if self._unloaded:
                 return
+            self._unloaded = True
             self.record.in_flight_at_unload = max(0, self.in_flight())
             self.version.unload()
             self.record.finished = time.time()
+        try:
+            self._done(self.record)  # before waiters wake: they find the record reported
+        finally:
             self._finished.set()
-        self._done(self.record)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the unload; False if ``timeout`` ran out first."""
@@ -89,7 +93,7 @@ class Retirement:
     def force(self) -> None:
         """Unload now, whatever is still running (reported as forced)."""
         with self._lock:
-            if self._finished.is_set():
+            if self._unloaded:
                 return
             self.record.forced = True
         self.finish()

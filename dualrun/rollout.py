@@ -124,6 +124,7 @@ class Rollout:
         self._dispatcher = dispatcher
         policy = dispatcher.policy
         self._canary = policy if isinstance(policy, Canary) else Canary(0)
+        self._policy: Canary | None = None  # the policy this rollout set last
         self._lock = threading.RLock()
         self._status = RolloutStatus("ready", 0, self.steps[0], self.steps)
         self._baseline: dict[str, RouteAggregate] = {}
@@ -190,7 +191,8 @@ class Rollout:
 
     def _enter(self, step: int) -> None:
         percent = self.steps[step]
-        self._dispatcher.policy = self._canary.with_percent(percent)
+        self._policy = self._canary.with_percent(percent)
+        self._dispatcher.policy = self._policy
         self._baseline = self._dispatcher.recorder.snapshot()
         self._set(step=step, percent=percent)
 
@@ -213,6 +215,12 @@ class Rollout:
             d = self._dispatcher
             if d.killed is not None:
                 self._finish("aborted", f"kill switch: {d.killed}")
+                return None
+            if d.policy is not self._policy:
+                # Someone else decided (d.rollback(), d.promote(), a new policy): do not undo it.
+                self._finish(
+                    "aborted", f"the dispatcher's policy was changed to {d.policy!r} meanwhile"
+                )
                 return None
             decision = self.gate.evaluate(self._evidence())
             record = StepRecord(

@@ -64,6 +64,9 @@ class Route:
         self.shadow_slots: dict[Label, Slot] = {}
         self._shadow_counters: dict[Label, tuple[Counter, Counter]] = {}
         self._prefixes: dict[Label, str] = {}
+        # The label whose version serves calls routed to each label (see alias): migrations
+        # convert values for that version, not for the one the label names.
+        self.serving: dict[Label, Label] = {"old": "old", "new": "new"}
         self.bind("old", old, dispatcher.versions.old.prefix)
         self.bind("new", new, dispatcher.versions.new.prefix)
 
@@ -93,17 +96,20 @@ class Route:
         self._prefixes[label] = prefix + "."
         self.shadow_slots[label] = (found.value, *shadow)
         self.slots[label] = (found.value, entered, left)
+        self.serving[label] = label
 
     def alias(self, label: Label, to: Label) -> None:
         """Serve calls routed to ``label`` with ``to``'s version (counted as ``to``'s)."""
         self.shadow_slots[label] = self.shadow_slots[to]
         self.slots[label] = self.slots[to]
+        self.serving[label] = to
 
     def unalias(self, label: Label) -> None:
         """Undo :meth:`alias`: ``label`` serves its own version again."""
         value = self.found[label].value
         self.shadow_slots[label] = (value, *self._shadow_counters[label])
         self.slots[label] = (value, self.entered[label], self.left[label])
+        self.serving[label] = label
 
     def counters(self, label: Label) -> list[tuple[Counter, Counter]]:
         """The in/out counters of the version bound to ``label``: serving and shadow runs."""
@@ -135,6 +141,7 @@ class Route:
         migrations = dispatcher.migrations
         migrated = self.migrations
         slots = self.slots
+        serving = self.serving
 
         def owner_of(value: Any, label: Label) -> Label | None:
             """The label of the other version if ``value`` was made by it, else None."""
@@ -158,7 +165,8 @@ class Route:
             instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> tuple[Label, tuple[Any, ...], dict[str, Any], bool]:
             """The version, the full arguments, and whether the call may be shadowed."""
-            label = decide(get_request())
+            # The label of the version that will really run (an aliased label runs the other).
+            label = serving[decide(get_request())]
             if migrations:
                 # A value made by the other version is converted when a hook is registered.
                 args = tuple(migrate(a, label) for a in args)
