@@ -83,7 +83,8 @@ class Dispatcher:
         self.retired: list[RetirementRecord] = []
         self.history: list[dict[str, Any]] = []  # earlier candidates: source and report
         self._killed: str | None = None
-        self._saved_shadow: Shadow | None = None
+        self._saved_shadow: Shadow | None = None  # while the kill switch is on
+        self._parked_shadow: Shadow | None = None  # while one version is retired
         self._routes: dict[str, Route] = {}
         self._interceptions: list[Interception] = []
         self.policy_errors = new_counter()
@@ -306,6 +307,8 @@ class Dispatcher:
         self._epoch = object()
 
     def _stop_shadowing(self) -> None:
+        """Nothing left to compare with: park the shadow until the next candidate."""
+        self._parked_shadow = self.shadow or self._parked_shadow
         self.shadow = None
         self._saved_shadow = None
 
@@ -332,8 +335,11 @@ class Dispatcher:
         self._event("dualrun.retire", **asdict(record))
 
     def _restart_statistics(self) -> None:
-        if self._shadow is not None:
-            self.shadow = self._shadow.config  # a fresh runner: noise is learnt anew
+        """A new candidate: fresh statistics, and shadowing as configured (learnt anew)."""
+        config = self.shadow or self._parked_shadow
+        self._parked_shadow = None
+        if config is not None:
+            self.shadow = config  # a fresh runner: noise is learnt anew
         if self.journal is not None:
             self.journal.restart()
         else:

@@ -72,12 +72,15 @@ class Decision:
         )
 
 
-def _number(value: object, what: str, low: float, high: float | None = None) -> float:
+def _number(value: object, what: str, high: float | None = None) -> float:
+    """A threshold: a number > 0 (a zero threshold could never pass), at most ``high``."""
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         raise ValueError(f"{what} is a number, got {value!r}")
-    if value < low or (high is not None and value > high):
+    if value <= 0 or (high is not None and value > high):
         upper = "" if high is None else f" and <= {high:g}"
-        raise ValueError(f"{what} is a number >= {low:g}{upper}, got {value!r}")
+        raise ValueError(
+            f"{what} is a number > 0{upper} (a zero threshold can never pass), got {value!r}"
+        )
     return float(value)
 
 
@@ -103,10 +106,10 @@ class Gate:
         if min_comparisons < 1:
             raise ValueError(f"min_comparisons is a whole number >= 1, got {min_comparisons!r}")
         self.min_comparisons = min_comparisons
-        self.max_mismatch_rate = _number(max_mismatch_rate, "max_mismatch_rate", 0.0, 1.0)
-        self.max_error_rate = _number(max_error_rate, "max_error_rate", 0.0, 1.0)
-        self.max_latency_ratio = _number(max_latency_ratio, "max_latency_ratio", 0.0)
-        confidence = _number(confidence, "confidence", 0.0, 1.0)
+        self.max_mismatch_rate = _number(max_mismatch_rate, "max_mismatch_rate", 1.0)
+        self.max_error_rate = _number(max_error_rate, "max_error_rate", 1.0)
+        self.max_latency_ratio = _number(max_latency_ratio, "max_latency_ratio")
+        confidence = _number(confidence, "confidence", 1.0)
         if not 0.5 <= confidence < 1:
             raise ValueError(f"confidence is a probability from 0.5 to below 1, got {confidence!r}")
         self.confidence = confidence

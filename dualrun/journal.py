@@ -27,7 +27,6 @@ class Journal:
     def __init__(self, dispatcher: Dispatcher, log: EventLog) -> None:
         self._dispatcher = dispatcher
         self.log = log
-        self._sources = {v.label: v.source for v in dispatcher.versions}
         self._last: dict[str, RouteAggregate] = {}
         self._last_calls: dict[str, list[int]] = {}
         self._last_dropped = 0
@@ -56,7 +55,8 @@ class Journal:
     # -- the recorder's listener (called under the recorder's lock) -------------------------
 
     def observed(self, seq: int, obs: Observation) -> None:
-        self.log.emit("dualrun.divergence", seq=seq, sources=self._sources, **obs.to_dict())
+        sources = {v.label: v.source for v in self._dispatcher.versions}  # swaps change them
+        self.log.emit("dualrun.divergence", seq=seq, sources=sources, **obs.to_dict())
 
     def counted(self, route: str, what: str, detail: str | None) -> None:
         if what == "internal_errors":

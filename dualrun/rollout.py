@@ -125,6 +125,7 @@ class Rollout:
         policy = dispatcher.policy
         self._canary = policy if isinstance(policy, Canary) else Canary(0)
         self._policy: Canary | None = None  # the policy this rollout set last
+        self._candidate = dispatcher.versions.new  # a swap ends the rollout
         self._lock = threading.RLock()
         self._status = RolloutStatus("ready", 0, self.steps[0], self.steps)
         self._baseline: dict[str, RouteAggregate] = {}
@@ -215,6 +216,9 @@ class Rollout:
             d = self._dispatcher
             if d.killed is not None:
                 self._finish("aborted", f"kill switch: {d.killed}")
+                return None
+            if d.versions.new is not self._candidate:
+                self._finish("aborted", "the candidate was swapped: its evidence starts anew")
                 return None
             if d.policy is not self._policy:
                 # Someone else decided (d.rollback(), d.promote(), a new policy): do not undo it.

@@ -252,8 +252,11 @@ def test_bad_gate_arguments_are_refused(kwargs: dict[str, Any]) -> None:
 
 
 def test_good_gate_arguments_at_their_limits_are_accepted() -> None:
-    gate = Gate(min_comparisons=1, max_mismatch_rate=0, max_error_rate=1, confidence=0.5)
+    gate = Gate(min_comparisons=1, max_mismatch_rate=1e-9, max_error_rate=1, confidence=0.5)
     assert gate.min_comparisons == 1 and gate.confidence == 0.5
+    for name in ("max_mismatch_rate", "max_error_rate", "max_latency_ratio"):
+        with pytest.raises(ValueError, match="a zero threshold can never pass"):
+            Gate(**{name: 0})
     assert dualrun.Gate is Gate and dualrun.Decision is Decision
 
 

@@ -368,6 +368,8 @@ def test_after_promote_the_promoted_version_becomes_old(bench: Bench, retire: bo
     assert d.versions.old is versions.new and d.versions.old.label == "old"
     assert d.versions.new.source.endswith("C") and d.versions.new.label == "new"
     assert isinstance(d.policy, Fixed) and d.policy.label == "old"
+    # A retiring promote parked the shadow; the new candidate is shadowed again, as configured.
+    assert d.shadow is not None and d.shadow.primary == "old"
     # The promoted version serves everything; the candidate serves only what is sent to it.
     assert {served(quote, key=f"k{i}") for i in range(20)} == {"B"}
     assert served(quote, pin="old") == "B" and served(quote, pin="new") == "C"

@@ -317,6 +317,18 @@ def test_the_kill_switch_aborts_the_rollout(bench: Bench) -> None:
     d.revive()
 
 
+def test_a_swapped_candidate_ends_the_rollout(bench: Bench) -> None:
+    versions = bench.pair("A", "B")
+    d = bench.dispatcher(versions, shadow=shadow("any"))
+    d.route(bench.target)
+    rollout = Rollout(d, steps=[50, 100], gate=small_gate(), interval=60).start()
+    d.swap_candidate(bench.source("C"))
+    assert rollout.tick() is None
+    status = rollout.status()
+    assert status.state == "aborted"
+    assert status.reason == "the candidate was swapped: its evidence starts anew"
+
+
 @pytest.mark.parametrize("decision", ["rollback", "promote", "policy"])
 def test_a_decision_taken_on_the_dispatcher_ends_the_rollout(bench: Bench, decision: str) -> None:
     versions = bench.pair("A", "B")
