@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,12 +53,14 @@ def generalize(path: str) -> str:
 
 
 def short_repr(value: object, limit: int = REPR_LIMIT) -> str:
-    """A repr that never raises and never runs long; version prefixes are removed."""
+    """A one-line repr that never raises and never runs long; version prefixes are removed."""
     try:
         text = repr(value)
     except Exception as exc:  # a broken __repr__ must not break a comparison
         text = f"<{type_name(value)} with a failing repr: {type(exc).__name__}>"
     text = _PREFIX.sub("", text)
+    if "\n" in text or "\r" in text:  # a multi-line repr would break report tables
+        text = text.replace("\r", "\\r").replace("\n", "\\n")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -103,6 +106,8 @@ def _fields(value: object) -> dict[str, Any] | None:
 class Differ:
     """Computes the differences between two values; configured once, used for many calls."""
 
+    _orders = True  # whether a list that differs is checked for being a reordering
+
     def __init__(
         self,
         tolerance: float = 0.0,
@@ -118,6 +123,7 @@ class Differ:
         self.tolerance = float(tolerance)
         self.exception_key = exception_key
         self.limit = limit
+        self._probe: Differ | None = None
 
     def diff(self, old: object, new: object, path: str = "$") -> list[Difference]:
         """Differences from ``old`` to ``new``; empty when they are equal as values."""
@@ -176,8 +182,8 @@ class Differ:
             ):
                 self._add(out, path, "value", old, new)
             return
-        if depth >= MAX_DEPTH:
-            if short_repr(old) != short_repr(new):
+        if depth >= MAX_DEPTH:  # compare whole reprs: a truncated one hides what lies deeper
+            if short_repr(old, sys.maxsize) != short_repr(new, sys.maxsize):
                 self._add(out, path, "value", old, new)
             return
         pair = (id(old), id(new))
@@ -255,7 +261,12 @@ class Differ:
             self._walk(a, b, f"{path}[{i}]", inner, seen, depth)
             if len(inner) + len(out) >= self.limit:
                 break
-        if inner and len(old) == len(new) and self._is_permutation(old, new, seen, depth):
+        if (
+            inner
+            and self._orders
+            and len(old) == len(new)
+            and self._is_permutation(old, new, seen, depth)
+        ):
             self._add(out, path, "order", old, new)
             return
         out.extend(inner[: max(0, self.limit - len(out))])
@@ -263,11 +274,17 @@ class Differ:
     def _is_permutation(self, old: Any, new: Any, seen: set[tuple[int, int]], depth: int) -> bool:
         if len(old) > 200:
             return False
+        # Equality probes stop at the first difference and skip the reordering check: with it,
+        # every nested list would be walked again at every level above (2**depth walks).
+        prober = self._probe
+        if prober is None:
+            prober = self._probe = Differ(self.tolerance, self.exception_key, limit=1)
+            prober._orders = False
         remaining = list(new)
         for item in old:
             for i, candidate in enumerate(remaining):
                 probe: list[Difference] = []
-                self._walk(item, candidate, "$", probe, seen, depth)
+                prober._walk(item, candidate, "$", probe, seen, depth)
                 if not probe:
                     del remaining[i]
                     break

@@ -216,10 +216,14 @@ async def _execute_async(
         value, error = await asyncio.wait_for(_capture(fn(*args[0], **args[1])), timeout)
     except TimeoutError:  # only wait_for's own: the version's exceptions are captured inside
         value, error, timed_out = None, None, True
-    except KeyboardInterrupt:
-        current_request.reset(request_token)
-        current_run.reset(run_token)
-        raise
+    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+        task = asyncio.current_task()
+        if isinstance(exc, KeyboardInterrupt) or (task is not None and task.cancelling()):
+            # Ctrl-C, or the caller's task is being cancelled: not the version's doing.
+            current_request.reset(request_token)
+            current_run.reset(run_token)
+            raise
+        value, error = None, exc
     except BaseException as exc:
         value, error = None, exc
     wall, cpu = perf_counter_ns() - wall, thread_time_ns() - cpu
@@ -599,6 +603,8 @@ class ShadowRunner:
         )
         next(left)
         current_run.reset(token)
+        if isinstance(error, asyncio.CancelledError):
+            raise error  # the caller is being cancelled: no shadow run to wait for
         finish = self._finish_async(
             route, label, result, (args, kwargs), shadow_args, again_args, early, request
         )
