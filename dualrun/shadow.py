@@ -492,7 +492,12 @@ class ShadowRunner:
     def _learn_noise(self, target: str, first: _Result, again: _Result) -> None:
         if again.timed_out:
             return
-        noisy = {generalize(d.path) for d in self._differences(first, again)}
+        differences = self._differences(first, again)
+        if first.run.calls or again.run.calls:
+            differences += diff_side_effects(self.config.differ, first.run, again.run)
+        # The root is never noise: a comparison that can only say "the whole value differs"
+        # cannot tell noise from a real change, and would hide every mismatch.
+        noisy = {generalize(d.path) for d in differences} - {"$"}
         if noisy:
             with self._lock:
                 known = self._noise.setdefault(target, set())

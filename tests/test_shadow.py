@@ -1199,3 +1199,21 @@ def test_a_dispatcher_takes_only_a_shadow_config(lab: Lab) -> None:
     assert d.shadow is None and d.flush(0)
     d.shadow = dualrun.Shadow(sample=10, mode="background")
     assert "sample=10" in repr(d.shadow) and "background" in repr(d.shadow)
+
+
+def test_calibration_never_takes_the_whole_value_for_noise(lab: Lab) -> None:
+    old = "import uuid\ndef price(n):\n    return {'price': n, 'id': str(uuid.uuid4())}\n"
+    new = "import uuid\ndef price(n):\n    return {'price': n + (n % 2), 'id': str(uuid.uuid4())}\n"
+    versions = lab.pair(old, new)
+    d = lab.dispatcher(
+        versions,
+        shadow=dualrun.Shadow(calibrate=True, compare=lambda a, b: a == b),
+    )
+    price = d.route(lab.target("price"))
+    for n in range(10):
+        price(n)
+    report = d.report().route(lab.target("price"))
+    # A bool comparator can only say "the whole value differs": two runs of one version differ
+    # there (by their ids), but learning the root as noise would hide every real change too.
+    assert (report.mismatches, report.matches, report.noise) == (10, 0, 0)
+    assert [(g.path, g.kind) for g in report.divergences] == [("$", "value")]

@@ -419,3 +419,23 @@ def test_diff_side_effects_compares_calls_by_name_in_order() -> None:
 def test_bad_guards_are_refused(call: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_calibration_learns_noise_in_side_effect_arguments(lab: Lab) -> None:
+    host = lab.host({"mail.py": MAIL})
+    code = (
+        f"import uuid\nfrom {host} import mail\n"
+        "def notify(to):\n"
+        "    mail.send_email(to, subject=f'order {uuid.uuid4()}')\n"
+        "    return 'ok'\n"
+    )
+    versions = lab.pair(code, code)
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow(calibrate=True, calibrate_calls=3))
+    notify = d.route(lab.target("notify"))
+    for i in range(6):
+        assert notify(f"u{i}@example.com") == "ok"
+    report = route_report(d, lab.target("notify"))
+    # The subject holds a fresh uuid on every run, even of one version: noise, not a mismatch.
+    assert (report.mismatches, report.noise) == (0, 6)
+    [noise] = report.noise_divergences
+    assert noise.path.startswith("$side_effects[") and noise.path.endswith(".kwargs.subject")
