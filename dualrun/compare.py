@@ -255,7 +255,8 @@ class Differ:
         depth: int,
     ) -> None:
         if len(old) != len(new):
-            self._add(out, path, "length", f"{len(old)} items", f"{len(new)} items")
+            if len(out) < self.limit:
+                out.append(Difference(path, "length", _items(len(old)), _items(len(new))))
         inner: list[Difference] = []
         for i, (a, b) in enumerate(zip(old, new, strict=False)):
             self._walk(a, b, f"{path}[{i}]", inner, seen, depth)
@@ -291,6 +292,10 @@ class Differ:
             else:
                 return False
         return True
+
+
+def _items(n: int) -> str:
+    return f"{n} item" if n == 1 else f"{n} items"
 
 
 def _equal(old: object, new: object) -> bool:

@@ -421,8 +421,9 @@ class Dispatcher:
         for handle in reversed(self._interceptions):
             handle.undo()
         self._interceptions.clear()
-        if self._shadow is not None:
-            self._shadow.close(timeout)
+        runner, self._shadow = self._shadow, None  # calls after close are served, not shadowed
+        if runner is not None:
+            runner.close(timeout)
         if self.journal is not None:
             self.journal.close(timeout)
 
