@@ -254,9 +254,8 @@ class Differ:
         seen: set[tuple[int, int]],
         depth: int,
     ) -> None:
-        if len(old) != len(new):
-            if len(out) < self.limit:
-                out.append(Difference(path, "length", _items(len(old)), _items(len(new))))
+        if len(old) != len(new) and len(out) < self.limit:
+            out.append(Difference(path, "length", _items(len(old)), _items(len(new))))
         inner: list[Difference] = []
         for i, (a, b) in enumerate(zip(old, new, strict=False)):
             self._walk(a, b, f"{path}[{i}]", inner, seen, depth)
