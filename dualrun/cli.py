@@ -79,8 +79,10 @@ def _run_report(args: argparse.Namespace) -> int:
         "text": report.to_text,
         "markdown": report.to_markdown,
         "html": report.to_html,
-    }.get(args.format)
-    sys.stdout.write(report.to_json() + "\n" if render is None else render(args.top))
+        "json": report.to_json,
+    }[args.format]
+    text = render(args.top)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 1 if totals.problems else 0
 
 

@@ -201,6 +201,13 @@ class EventLog:
             except queue.Empty:
                 item = None
             if item is _STOP:
+                # An event accepted just before close() may sit behind the stop marker.
+                while not self._queue.empty():
+                    late = self._queue.get_nowait()
+                    if isinstance(late, tuple):
+                        self._write(*late)
+                    elif isinstance(late, threading.Event):
+                        late.set()
                 self._write_pending()
                 return
             if isinstance(item, tuple):
@@ -252,8 +259,8 @@ class EventLog:
 
     def flush(self, timeout: float | None = 5.0) -> bool:
         """Write everything queued so far; False if ``timeout`` ran out first."""
-        if self._thread is None:
-            return True
+        if self._thread is None or self._closed:
+            return True  # nothing started, or close() has written everything
         done = threading.Event()
         self._queue.put(done)
         return done.wait(timeout)

@@ -30,6 +30,7 @@ class Journal:
         self._last: dict[str, RouteAggregate] = {}
         self._last_calls: dict[str, list[int]] = {}
         self._last_dropped = 0
+        self._last_policy_errors = 0
         self._since = time.time()
         recorder = dispatcher.recorder
         recorder.listener = self
@@ -82,6 +83,7 @@ class Journal:
             for name, route in dispatcher.routes.items()
         }
         dropped = self.log.dropped_count()
+        policy_errors = dispatcher.policy_error_count()
         with recorder.locked():
             seq = recorder.seq
             current = recorder.copy_unlocked()
@@ -101,7 +103,8 @@ class Journal:
                 if entry:
                     routes[name] = entry
             now = time.time()
-            if routes or force or dropped != self._last_dropped:
+            changed = dropped != self._last_dropped or policy_errors != self._last_policy_errors
+            if routes or force or changed:
                 self.log.emit(
                     "dualrun.summary",
                     seq=seq,
@@ -110,11 +113,14 @@ class Journal:
                     policy=repr(dispatcher.policy),
                     routes=routes,
                     dropped_events=dropped - self._last_dropped,
+                    policy_errors=policy_errors - self._last_policy_errors,
+                    last_policy_error=dispatcher.last_policy_error,
                 )
                 self._since = now
             self._last = current
             self._last_calls = calls
             self._last_dropped = dropped
+            self._last_policy_errors = policy_errors
 
     def restart(self) -> None:
         """Statistics start anew (a swapped candidate): forget them, and rebase the summaries."""
@@ -128,6 +134,7 @@ class Journal:
             }
 
     def close(self, timeout: float | None = 5.0) -> None:
-        """A final summary, then flush and close the log."""
+        """Flush (so the final summary finds room in the queue), a final summary, close."""
+        self.log.flush(timeout)
         self.summarize(force=True)
         self.log.close(timeout)

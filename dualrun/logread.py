@@ -39,6 +39,8 @@ class LogTotals:
     crossings: dict[str, int] = field(default_factory=dict)
     policy: str = "unknown"
     dropped_events: int = 0
+    policy_errors: int = 0
+    last_policy_error: str | None = None
     events: int = 0
     problems: int = 0
 
@@ -61,6 +63,8 @@ class LogTotals:
                 for name in names
             ],
             dropped_events=self.dropped_events,
+            policy_errors=self.policy_errors,
+            last_policy_error=self.last_policy_error,
         )
 
 
@@ -186,6 +190,8 @@ class LogReader:
         run = str(event["run"])
         inside = self._inside(float(event["end"]))
         dropped = int(event.get("dropped_events", 0)) if inside else 0
+        policy_errors = int(event.get("policy_errors", 0)) if inside else 0
+        last_policy_error = event.get("last_policy_error")
         parsed: list[tuple[str, dict[str, int] | None, int, RouteAggregate | None]] = []
         for name, entry in event["routes"].items() if inside else ():
             if not self._wanted(name):
@@ -200,6 +206,9 @@ class LogReader:
         self._runs[run] = _Run()  # everything before is in this summary
         self.totals.policy = str(event.get("policy", self.totals.policy))
         self.totals.dropped_events += dropped
+        self.totals.policy_errors += policy_errors
+        if policy_errors and last_policy_error is not None:
+            self.totals.last_policy_error = str(last_policy_error)
         for name, calls, crossings, aggregate in parsed:
             if calls is not None:
                 totals = self.totals.calls.setdefault(name, {"old": 0, "new": 0})

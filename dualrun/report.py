@@ -146,8 +146,14 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA_VERSION, **asdict(self)}
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+    def to_json(self, top: int | None = None) -> str:
+        """The report as JSON (schema 1); ``top`` limits the divergences listed per route."""
+        data = self.to_dict()
+        if top is not None:
+            for route in data["routes"]:
+                route["divergences"] = route["divergences"][:top]
+                route["noise_divergences"] = route["noise_divergences"][:top]
+        return json.dumps(data, indent=2, sort_keys=True)
 
     def to_text(self, top: int | None = None) -> str:
         """Aligned text for a terminal; ``top`` limits the divergences shown per route."""

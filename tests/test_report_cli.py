@@ -294,6 +294,33 @@ def test_top_limits_the_divergence_rows(
     # A: 2 divergence rows; B: 1 divergence and 1 noise row
     assert page.count("<tr class='divergence'>") == 4
     assert page_top.count("<tr class='divergence'>") == 3
+    _, data, _ = run(capsys, str(timed_log), "--route", ROUTE_A, "--format", "json")
+    _, data_top, _ = run(
+        capsys, str(timed_log), "--route", ROUTE_A, "--format", "json", "--top", "1"
+    )
+    assert len(routes(data)[ROUTE_A]["divergences"]) == 2
+    assert [d["path"] for d in routes(data_top)[ROUTE_A]["divergences"]] == ["$.price"]
+
+
+def test_policy_errors_reach_the_report_from_the_log(
+    lab: LogLab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Broken:
+        def choose(self, request: Any) -> str:
+            raise RuntimeError("flag service down")
+
+    versions = lab.pair()
+    log = lab.path()
+    d = lab.dispatcher(versions, policy=Broken(), log=log)
+    quote = d.route(target(versions, "quote"))
+    for n in range(1, 6):
+        quote(n)
+    d.close()
+    code, out, _ = run(capsys, str(log), "--format", "json")
+    from_log = json.loads(out)
+    assert code == 0
+    assert from_log["policy_errors"] == 5 == d.report().policy_errors
+    assert "flag service down" in from_log["last_policy_error"]
 
 
 def test_every_format(timed_log: Path, capsys: pytest.CaptureFixture[str]) -> None:
