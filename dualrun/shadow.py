@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import math
 import random
 import threading
@@ -62,7 +63,9 @@ class Shadow:
     ``(old, new) -> bool | list[Difference]``; ``ignore``: paths such as ``$.items[*].id``;
     ``clean``: maps each value before comparison; ``calibrate``: learn noisy paths by running
     the primary twice (see the README). ``copy``: ``(args, kwargs) -> (args, kwargs)`` for the
-    shadow's arguments, or ``None`` to share them.
+    shadow's arguments, or ``None`` to share them. ``redact``: ``(what, text) -> text`` for
+    every request key (``what="key"``), value and error text that is recorded, so reports and
+    event logs only ever hold what it returns.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class Shadow:
         queue_size: int = 1000,
         calibrate_calls: int = 20,
         calibrate_sample: float = 5.0,
+        redact: Callable[[str, str], str] | None = None,
     ) -> None:
         if primary != "any":
             check_label(primary, "Shadow primary (or 'any')")
@@ -108,6 +112,9 @@ class Shadow:
                 raise ValueError(f"{what} is a callable (or None), got {hook!r}")
         self.clean = clean
         self.copy = copy
+        if redact is not None and not callable(redact):
+            raise ValueError(f"redact is a callable (what, text) -> text, got {redact!r}")
+        self.redact = redact
         self.differ = Differ(tolerance=tolerance, exception_key=exception_key)
         for number, what in ((workers, "workers"), (queue_size, "queue_size")):
             if isinstance(number, bool) or not isinstance(number, int) or number < 1:
@@ -559,19 +566,19 @@ class ShadowRunner:
             if not isinstance(request.key, str)
             else request.key[:200]
         )
-        self.recorder.record(
-            Observation(
-                route=target,
-                key=key,
-                primary=label,
-                old=_outcome("old", old),
-                new=_outcome("new", new),
-                differences=tuple(differences),
-                noise=tuple(noise),
-                status=status,
-                time=time.time(),
-            )
+        observation = Observation(
+            route=target,
+            key=key,
+            primary=label,
+            old=_outcome("old", old),
+            new=_outcome("new", new),
+            differences=tuple(differences),
+            noise=tuple(noise),
+            status=status,
+            time=time.time(),
         )
+        redact = self.config.redact
+        self.recorder.record(observation if redact is None else redacted(observation, redact))
 
     # -- async calls -------------------------------------------------------------------------
 
@@ -683,6 +690,28 @@ class ShadowRunner:
         self._pool.close(timeout)
         if self._timeout_pool is not None:
             self._timeout_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def redacted(obs: Observation, redact: Callable[[str, str], str]) -> Observation:
+    """``obs`` with its key and every value text passed through ``redact(what, text)``."""
+
+    def text(what: str, value: str | None) -> str | None:
+        return None if value is None else redact(what, value)
+
+    def difference(d: Difference) -> Difference:
+        return Difference(d.path, d.kind, redact("value", d.old), redact("value", d.new))
+
+    def outcome(o: Outcome) -> Outcome:
+        return dataclasses.replace(o, value=text("value", o.value), error=text("error", o.error))
+
+    return dataclasses.replace(
+        obs,
+        key=text("key", obs.key),
+        old=outcome(obs.old),
+        new=outcome(obs.new),
+        differences=tuple(difference(d) for d in obs.differences),
+        noise=tuple(difference(d) for d in obs.noise),
+    )
 
 
 def _outcome(label: str, result: _Result) -> Outcome:

@@ -1217,3 +1217,30 @@ def test_calibration_never_takes_the_whole_value_for_noise(lab: Lab) -> None:
     # there (by their ids), but learning the root as noise would hide every real change too.
     assert (report.mismatches, report.matches, report.noise) == (10, 0, 0)
     assert [(g.path, g.kind) for g in report.divergences] == [("$", "value")]
+
+
+def test_redact_sees_every_key_and_value_before_it_is_recorded_or_logged(
+    lab: Lab, tmp_path: Path
+) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def redact(what: str, text: str) -> str:
+        seen.append((what, text))
+        return f"<{what}>"
+
+    versions = lab.pair(SIMPLE_OLD, SIMPLE_NEW)
+    log = tmp_path / "redacted.jsonl"
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow(redact=redact), log=log)
+    quote = d.route(lab.target("quote"))
+    with dualrun.context(key="alice@example.com"):
+        quote(1)
+    d.close()
+    assert ("key", "alice@example.com") in seen and ("value", "10") in seen
+    [group] = route_report(d, lab.target("quote")).divergences
+    assert group.examples == [
+        {"path": "$.price", "old": "<value>", "new": "<value>", "key": "<key>"}
+    ]
+    text = log.read_text()
+    assert "alice" not in text and "'price': 10" not in text and "<key>" in text
+    with pytest.raises(ValueError, match="redact is a callable"):
+        dualrun.Shadow(redact="hash")  # type: ignore[arg-type]
