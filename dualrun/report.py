@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dualrun.counters import peek
-from dualrun.recorder import DivergenceGroup, RouteAggregate, bucket_value
+from dualrun.recorder import COUNTS, DivergenceGroup, RouteAggregate, bucket_value
 
 if TYPE_CHECKING:
     from dualrun.dispatcher import Dispatcher
@@ -92,20 +92,13 @@ def route_report(
     report = RouteReport(route=route, calls=dict(calls), crossings=crossings)
     if aggregate is None:
         return report
-    for name in (
-        "comparisons",
-        "matches",
-        "mismatches",
-        "noise",
-        "timeouts",
-        "dropped",
-        "skipped",
-        "internal_errors",
-        "last_internal_error",
-        "divergences_overflow",
-    ):
-        source = "groups_overflow" if name == "divergences_overflow" else name
-        setattr(report, name, getattr(aggregate, source))
+    for name in COUNTS:  # the aggregate's overflow of signatures is the report's
+        setattr(
+            report,
+            "divergences_overflow" if name == "groups_overflow" else name,
+            getattr(aggregate, name),
+        )
+    report.last_internal_error = aggregate.last_internal_error
     report.errors = dict(aggregate.errors)
     if aggregate.comparisons:
         report.mismatch_rate = aggregate.mismatches / aggregate.comparisons

@@ -468,17 +468,31 @@ class ShadowRunner:
         try:
             if shadow is None:
                 shadow = self._shadow_sync(route, label, shadow_args, request)
+            again = None
             if again_args is not None:
                 again = self._shadow_sync(route, label, again_args, request, runs_as=label)
-                self._learn_noise(route.target, primary, again)
-            compared_args = (
-                None if _shared(shadow_args, primary_args) else (primary_args, shadow_args)
-            )
-            self._record(route.target, label, primary, shadow, compared_args, request)
+            self._conclude(route, label, primary, shadow, again, primary_args, shadow_args, request)
         except Exception as exc:  # dualrun's own failure must not reach the caller
             self.recorder.count(route.target, "internal_errors", f"{type(exc).__name__}: {exc}")
 
     # -- comparison ---------------------------------------------------------------------------
+
+    def _conclude(
+        self,
+        route: Route,
+        label: Label,
+        primary: _Result,
+        shadow: _Result,
+        again: _Result | None,
+        primary_args: Args,
+        shadow_args: Args,
+        request: RequestContext,
+    ) -> None:
+        """Learn noise from the calibration run, if any; compare and record the call."""
+        if again is not None:
+            self._learn_noise(route.target, primary, again)
+        compared_args = None if _shared(shadow_args, primary_args) else (primary_args, shadow_args)
+        self._record(route.target, label, primary, shadow, compared_args, request)
 
     def _clean(self, result: _Result) -> Any:
         clean = self.config.clean
@@ -669,13 +683,10 @@ class ShadowRunner:
         try:
             if shadow is None:
                 shadow = await self._shadow_async(route, label, shadow_args, request)
+            again = None
             if again_args is not None:
                 again = await self._shadow_async(route, label, again_args, request, label)
-                self._learn_noise(route.target, primary, again)
-            compared_args = (
-                None if _shared(shadow_args, primary_args) else (primary_args, shadow_args)
-            )
-            self._record(route.target, label, primary, shadow, compared_args, request)
+            self._conclude(route, label, primary, shadow, again, primary_args, shadow_args, request)
         except Exception as exc:
             self.recorder.count(route.target, "internal_errors", f"{type(exc).__name__}: {exc}")
 
