@@ -64,6 +64,15 @@ def short_repr(value: object, limit: int = REPR_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def describe(exc: BaseException) -> str:
+    """``"ValueError: bad input"``, even when the exception's ``__str__`` itself raises."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<the message could not be made>"
+    return f"{type(exc).__name__}: {message if len(message) <= 300 else message[:299] + '…'}"
+
+
 def type_name(value: object) -> str:
     """Module and qualified name of ``value``'s type, the same for both versions' classes."""
     cls = type(value)

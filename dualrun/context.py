@@ -24,13 +24,14 @@ class RequestContext:
     __slots__ = ("attrs", "decisions", "key", "pin")
 
     def __init__(
-        self, key: Any, pin: Label | None, attrs: Mapping[str, Any], decisions: dict[Any, Label]
+        self, key: Any, pin: Label | None, attrs: Mapping[str, Any], decisions: dict[Any, Any]
     ) -> None:
         self.key = key
         self.pin = pin
         self.attrs: Mapping[str, Any] = attrs
-        # The version each dispatcher chose for this request; shared by nested contexts of the
-        # same request, by its asyncio tasks and by threads that copy its context.
+        # What was decided for this request, once: the version each dispatcher chose (keyed by
+        # the dispatcher's epoch) and whether each shadow samples it (keyed by the shadow);
+        # shared by nested contexts of the request, its asyncio tasks and threads copying it.
         self.decisions = decisions
 
     def __repr__(self) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 import wrapt
 
+from dualrun.compare import describe
 from dualrun.context import EMPTY, Label, RequestContext
 from dualrun.counters import new_counter, peek
 from dualrun.errors import TargetNotFoundError, VersionLoadError
@@ -209,7 +210,7 @@ class Dispatcher:
                     "dualrun.error",
                     where="swap_candidate",
                     source=str(source),
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=describe(exc),
                 )
                 raise
             try:
@@ -223,7 +224,7 @@ class Dispatcher:
                     "dualrun.error",
                     where="swap_candidate",
                     source=str(source),
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=describe(exc),
                 )
                 if isinstance(exc, TargetNotFoundError):
                     raise
@@ -234,8 +235,6 @@ class Dispatcher:
                     f"executing the version's code raised {type(exc).__name__}: {exc}",
                 ) from exc
             self.history.append({"candidate": current.source, "report": self.report().to_dict()})
-            if self.journal is not None:
-                self.journal.summarize(force=True)
             if promoted:
                 if self._retired_label is None:  # promote(retire=False): old is still loaded
                     self._retire("old", drain_timeout, switch=False)
@@ -352,7 +351,7 @@ class Dispatcher:
             return self._fixed or self._choose(EMPTY)
         if request.pin is not None:
             return request.pin
-        label = request.decisions.get(self._epoch)
+        label: Label | None = request.decisions.get(self._epoch)
         if label is None:
             label = request.decisions.setdefault(self._epoch, self._choose(request))
         return label
@@ -361,7 +360,7 @@ class Dispatcher:
         try:
             label = self._policy.choose(request)
         except Exception as exc:  # a broken policy must not break the caller
-            return self._policy_failed(f"{type(exc).__name__}: {exc}")
+            return self._policy_failed(describe(exc))
         if label == "old" or label == "new":
             return label
         return self._policy_failed(f"choose() returned {label!r}, not 'old' or 'new'")

@@ -27,12 +27,13 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from dualrun.compare import describe
 from dualrun.counters import new_counter, peek
 
 SCHEMA = 1
@@ -58,18 +59,26 @@ class _LineFile:
     def pending(self) -> int:
         return len(self._pending)
 
-    def write_pending(self) -> None:
-        if self._pending:
-            data = ("\n".join(self._pending) + "\n").encode()
-            self._pending.clear()
-            view = memoryview(data)
+    def write_pending(self) -> int:
+        """Write the collected lines; return how many could not be written (disk full...)."""
+        if not self._pending:
+            return 0
+        lines = len(self._pending)
+        data = ("\n".join(self._pending) + "\n").encode()
+        self._pending.clear()
+        view = memoryview(data)
+        try:
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
+        except OSError:
+            return lines
+        return 0
 
-    def close(self) -> None:
-        self.write_pending()
+    def close(self) -> int:
+        lost = self.write_pending()
         os.close(self._fd)
+        return lost
 
 
 def _add_schema(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -83,7 +92,6 @@ def file_logger(path: Path) -> tuple[Any, _LineFile]:
     logger = structlog.wrap_logger(
         sink,
         processors=[
-            structlog.contextvars.merge_contextvars,
             _add_schema,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.JSONRenderer(default=repr, sort_keys=False),
@@ -155,9 +163,7 @@ class EventLog:
         self._bound = queue_size
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self.dropped = new_counter()
-        self.failed = 0  # events the redactor or the app's logger failed on
         self._written = new_counter()
-        self._accepted = new_counter()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
@@ -176,7 +182,6 @@ class EventLog:
         context = structlog.contextvars.get_contextvars()
         if context:
             fields = {**context, **fields}
-        next(self._accepted)
         self._queue.put((event, fields))
         return True
 
@@ -208,7 +213,8 @@ class EventLog:
                         self._write(*late)
                     elif isinstance(late, threading.Event):
                         late.set()
-                self._write_pending()
+                if self._file is not None:
+                    self._lost_lines(self._file.close())
                 return
             if isinstance(item, tuple):
                 self._write(*item)
@@ -231,19 +237,23 @@ class EventLog:
                 data = self.redact(data)
             self._logger.info(event, **data)
         except Exception as exc:  # a redactor or the app's logger failed: note it, go on
-            self.failed += 1
             with contextlib.suppress(Exception):  # the logger itself may be what fails
                 self._logger.info(
                     "dualrun.error",
                     **self._base,
                     where="event log",
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=describe(exc),
                 )
         next(self._written)
 
     def _write_pending(self) -> None:
         if self._file is not None:
-            self._file.write_pending()
+            self._lost_lines(self._file.write_pending())
+
+    def _lost_lines(self, lines: int) -> None:
+        """Lines the file refused (disk full, ...): counted with the dropped events."""
+        for _ in range(lines):
+            next(self.dropped)
 
     def _maybe_summarize(self) -> None:
         if self.summarize is None:
@@ -266,20 +276,19 @@ class EventLog:
         return done.wait(timeout)
 
     def close(self, timeout: float | None = 5.0) -> None:
-        """Flush, stop the writer thread and close the file. Idempotent."""
+        """Flush, stop the writer thread and close the file. Idempotent.
+
+        The writer closes the file itself once it has written everything; if it is still busy
+        after ``timeout`` it finishes on its own (the file stays open until then)."""
         if self._closed:
             return
         self._closed = True
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join(timeout)
-        if self._file is not None:
+        elif self._file is not None:
             self._file.close()
         _open_logs.discard(self)
-
-    def fields(self) -> Mapping[str, Any]:
-        """The fields every event of this log carries (schema, run, pid, host)."""
-        return dict(self._base)
 
 
 _open_logs: weakref.WeakSet[EventLog] = weakref.WeakSet()

@@ -10,10 +10,10 @@ summary (it was killed) are counted from the events themselves.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from dualrun.counters import peek
 from dualrun.eventlog import EventLog, at_exit
 from dualrun.recorder import Observation, RouteAggregate
 
@@ -30,6 +30,7 @@ class Journal:
         self._last: dict[str, RouteAggregate] = {}
         self._last_calls: dict[str, list[int]] = {}
         self._last_dropped = 0
+        self._summary_lock = threading.Lock()
         self._last_policy_errors = 0
         self._since = time.time()
         recorder = dispatcher.recorder
@@ -76,62 +77,63 @@ class Journal:
 
     def summarize(self, force: bool = False) -> None:
         """Write what was added since the last summary (nothing if nothing was, unless forced)."""
+        with self._summary_lock, self._dispatcher.recorder.locked():
+            self._summarize_locked(force)
+
+    def _summarize_locked(self, force: bool) -> None:
+        # Everything is read under the recorder's lock, so the summary agrees with the events
+        # around it; the baselines move on only once the summary is in the queue.
         dispatcher = self._dispatcher
         recorder = dispatcher.recorder
-        calls = {
-            name: [route.calls("old"), route.calls("new"), peek(route.crossings)]
-            for name, route in dispatcher.routes.items()
-        }
+        calls = {name: route.call_counts() for name, route in dispatcher.routes.items()}
         dropped = self.log.dropped_count()
         policy_errors = dispatcher.policy_error_count()
-        with recorder.locked():
-            seq = recorder.seq
-            current = recorder.copy_unlocked()
-            routes: dict[str, Any] = {}
-            for name in sorted(set(current) | set(calls)):
-                entry: dict[str, Any] = {}
-                counts = calls.get(name, [0, 0, 0])
-                before = self._last_calls.get(name, [0, 0, 0])
-                added = [now - then for now, then in zip(counts, before, strict=True)]
-                if any(added):
-                    entry["calls"] = {"old": added[0], "new": added[1]}
-                    entry["crossings"] = added[2]
-                if name in current:
-                    delta = current[name].since(self._last.get(name))
-                    if delta.to_dict() != RouteAggregate(name).to_dict():
-                        entry["aggregate"] = delta.to_dict()
-                if entry:
-                    routes[name] = entry
-            now = time.time()
-            changed = dropped != self._last_dropped or policy_errors != self._last_policy_errors
-            if routes or force or changed:
-                self.log.emit(
-                    "dualrun.summary",
-                    seq=seq,
-                    start=self._since,
-                    end=now,
-                    policy=repr(dispatcher.policy),
-                    routes=routes,
-                    dropped_events=dropped - self._last_dropped,
-                    policy_errors=policy_errors - self._last_policy_errors,
-                    last_policy_error=dispatcher.last_policy_error,
-                )
-                self._since = now
+        current = recorder.copy_unlocked()
+        routes: dict[str, Any] = {}
+        for name in sorted(set(current) | set(calls)):
+            entry: dict[str, Any] = {}
+            before = self._last_calls.get(name, [0, 0, 0])
+            added = [now - then for now, then in zip(calls.get(name, before), before, strict=True)]
+            if any(added):
+                entry["calls"] = {"old": added[0], "new": added[1]}
+                entry["crossings"] = added[2]
+            if name in current:
+                delta = current[name].since(self._last.get(name)).to_dict()
+                if delta != RouteAggregate(name).to_dict():
+                    entry["aggregate"] = delta
+            if entry:
+                routes[name] = entry
+        changed = dropped != self._last_dropped or policy_errors != self._last_policy_errors
+        if not (routes or force or changed):
+            return
+        now = time.time()
+        written = self.log.emit(
+            "dualrun.summary",
+            seq=recorder.seq,
+            start=self._since,
+            end=now,
+            policy=repr(dispatcher.policy),
+            routes=routes,
+            dropped_events=dropped - self._last_dropped,
+            policy_errors=policy_errors - self._last_policy_errors,
+            last_policy_error=dispatcher.last_policy_error,
+        )
+        if written:  # a summary the queue refused is taken again, whole, next time
+            self._since = now
             self._last = current
             self._last_calls = calls
             self._last_dropped = dropped
             self._last_policy_errors = policy_errors
 
     def restart(self) -> None:
-        """Statistics start anew (a swapped candidate): forget them, and rebase the summaries."""
+        """Statistics start anew (a swapped candidate): a last summary of the previous one,
+        then forget them and rebase the summaries."""
         dispatcher = self._dispatcher
-        with dispatcher.recorder.locked():
+        with self._summary_lock, dispatcher.recorder.locked():
+            self._summarize_locked(force=True)
             dispatcher.recorder.reset_unlocked()
             self._last = {}
-            self._last_calls = {
-                name: [route.calls("old"), route.calls("new"), peek(route.crossings)]
-                for name, route in dispatcher.routes.items()
-            }
+            self._last_calls = {name: r.call_counts() for name, r in dispatcher.routes.items()}
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Flush (so the final summary finds room in the queue), a final summary, close."""

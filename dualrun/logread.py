@@ -25,9 +25,19 @@ Problem = Callable[[str], None]
 
 @dataclass
 class _Run:
-    """One dispatcher's stream: divergences not yet covered by one of its summaries."""
+    """One dispatcher's stream: how far its summaries reach, and the divergences beyond.
 
-    pending: dict[str, RouteAggregate] = field(default_factory=dict)
+    Summaries are deltas over consecutive observation numbers (``seq``), so a divergence is
+    counted by a summary exactly when its ``seq`` is at most the highest summary ``seq`` of its
+    run, whatever order the files are read in (rotated logs, several files).
+    """
+
+    covered: int = 0
+    pending: list[tuple[int, Observation]] = field(default_factory=list)
+
+    def cover(self, seq: int) -> None:
+        self.covered = max(self.covered, seq)
+        self.pending = [(s, obs) for s, obs in self.pending if s > self.covered]
 
 
 @dataclass
@@ -166,8 +176,8 @@ class LogReader:
                     f"{path}:{number}: malformed {event.get('event')!r} event skipped ({exc!r})"
                 )
         for run in self._runs.values():  # divergences after a run's last summary (it died)
-            for name, aggregate in run.pending.items():
-                self.totals.aggregate(name).merge(aggregate)
+            for _, obs in run.pending:
+                self.totals.aggregate(obs.route).add(obs)
         self._runs.clear()
         return self.totals
 
@@ -176,10 +186,10 @@ class LogReader:
         self.totals.events += 1
         if kind == "dualrun.divergence":
             obs = Observation.from_dict(event)
-            if self._wanted(obs.route) and self._inside(obs.time):
-                run = self._runs.setdefault(str(event["run"]), _Run())
-                pending = run.pending.setdefault(obs.route, RouteAggregate(obs.route))
-                pending.add(obs)
+            seq = int(event["seq"])
+            run = self._runs.setdefault(str(event["run"]), _Run())
+            if seq > run.covered and self._wanted(obs.route) and self._inside(obs.time):
+                run.pending.append((seq, obs))
         elif kind == "dualrun.summary":
             self._summary(event)
         elif kind in ("dualrun.load", "dualrun.policy", "dualrun.promote", "dualrun.rollback"):
@@ -187,7 +197,7 @@ class LogReader:
 
     def _summary(self, event: dict[str, Any]) -> None:
         # Parse the whole event before using any of it: a malformed one is skipped entirely.
-        run = str(event["run"])
+        run, seq = str(event["run"]), int(event["seq"])
         inside = self._inside(float(event["end"]))
         dropped = int(event.get("dropped_events", 0)) if inside else 0
         policy_errors = int(event.get("policy_errors", 0)) if inside else 0
@@ -203,7 +213,7 @@ class LogReader:
             if "aggregate" in entry:
                 aggregate = RouteAggregate.from_dict(entry["aggregate"])
             parsed.append((name, calls, int(entry.get("crossings", 0)), aggregate))
-        self._runs[run] = _Run()  # everything before is in this summary
+        self._runs.setdefault(run, _Run()).cover(seq)
         self.totals.policy = str(event.get("policy", self.totals.policy))
         self.totals.dropped_events += dropped
         self.totals.policy_errors += policy_errors

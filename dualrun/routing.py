@@ -120,6 +120,10 @@ class Route:
     def calls(self, label: Label) -> int:
         return peek(self.entered[label])
 
+    def call_counts(self) -> list[int]:
+        """[calls served by old, by new, crossings]: what summaries and reports count."""
+        return [self.calls("old"), self.calls("new"), peek(self.crossings)]
+
     def in_flight(self, label: Label) -> int:
         """Calls running in the version bound to ``label`` now, serving callers or as shadows."""
         return sum(peek(entered) - peek(left) for entered, left in self.counters(label))

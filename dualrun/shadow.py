@@ -15,13 +15,19 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from contextvars import copy_context
 from time import perf_counter_ns, thread_time_ns
 from typing import TYPE_CHECKING, Any
 
-from dualrun.compare import Differ, Difference, IgnoreRules, exception_key, generalize, short_repr
+from dualrun.compare import (
+    Differ,
+    Difference,
+    IgnoreRules,
+    describe,
+    exception_key,
+    generalize,
+    short_repr,
+)
 from dualrun.context import EMPTY, Label, RequestContext, check_label, current_request
 from dualrun.policy import stable_bucket
 from dualrun.recorder import Observation, Outcome, Recorder
@@ -249,7 +255,7 @@ class ShadowRunner:
         self._calibrations: dict[str, int] = {}
         self._lock = threading.Lock()
         self._pool = WorkerPool(config.workers, config.queue_size, "dualrun-shadow")
-        self._timeout_pool: ThreadPoolExecutor | None = None
+        self._helpers = WorkerPool(config.workers, config.workers, "dualrun-timeout")
         self._timeout_slots = threading.BoundedSemaphore(config.workers)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -267,7 +273,15 @@ class ShadowRunner:
             return True
         if request is None or request.key is None:
             return random.random() * 100 < sample
-        return stable_bucket(request.key, _SAMPLE_SALT) < sample
+        # Once per request, like the canary's bucket; a key that cannot be hashed is not sampled.
+        sampled = request.decisions.get(self)
+        if sampled is None:
+            try:
+                sampled = stable_bucket(request.key, _SAMPLE_SALT) < sample
+            except Exception:
+                sampled = False
+            request.decisions[self] = sampled
+        return sampled
 
     # -- sync calls ---------------------------------------------------------------------------
 
@@ -292,7 +306,7 @@ class ShadowRunner:
             try:
                 early = self._shadow_sync(route, label, shadow_args, request)
             except Exception as exc:  # dualrun's own failure (a closed runner): serve unshadowed
-                self.recorder.count(route.target, "internal_errors", f"{type(exc).__name__}: {exc}")
+                self.recorder.count(route.target, "internal_errors", describe(exc))
                 next(entered)
                 try:
                     return fn(*args, **kwargs)
@@ -425,33 +439,31 @@ class ShadowRunner:
         return self._run_bounded(run, timeout)
 
     def _run_bounded(self, run: Callable[[], _Result], timeout: float) -> _Result:
-        """Run on a helper thread and wait at most ``timeout``: the caller's wait is bounded,
-        the shadow itself cannot be interrupted and finishes (or hangs) on its own."""
+        """Run on a helper (daemon) thread and wait at most ``timeout``: the caller's wait is
+        bounded; the shadow itself cannot be interrupted and finishes (or hangs) on its own,
+        holding its helper meanwhile, and never keeps the process from exiting."""
+        started = perf_counter_ns()
+        late = _Result(None, None, 0, 0, Run(shadow=True), timed_out=True)
         if not self._timeout_slots.acquire(blocking=False):
-            return _Result(None, None, 0, 0, Run(shadow=True), timed_out=True)
-        if self._timeout_pool is None:
-            with self._lock:
-                if self._timeout_pool is None:
-                    self._timeout_pool = ThreadPoolExecutor(
-                        self.config.workers, thread_name_prefix="dualrun-timeout"
-                    )
+            return late  # every helper is busy with a slow shadow
+        context = copy_context()
+        result: list[_Result] = []
+        done = threading.Event()
 
-        def bounded() -> _Result:
+        def bounded() -> None:
             try:
-                return run()
+                result.append(context.run(run))
             finally:
                 self._timeout_slots.release()
+                done.set()
 
-        started = perf_counter_ns()
-        try:
-            future = self._timeout_pool.submit(copy_context().run, bounded)
-        except BaseException:  # shut down: give the slot back
+        if not self._helpers.submit(bounded):
             self._timeout_slots.release()
-            raise
-        try:
-            return future.result(timeout)
-        except FutureTimeout:
-            return _Result(None, None, perf_counter_ns() - started, 0, Run(True), timed_out=True)
+            return late
+        if done.wait(timeout) and result:
+            return result[0]
+        late.wall_ns = perf_counter_ns() - started
+        return late
 
     def _finish(
         self,
@@ -473,7 +485,7 @@ class ShadowRunner:
                 again = self._shadow_sync(route, label, again_args, request, runs_as=label)
             self._conclude(route, label, primary, shadow, again, primary_args, shadow_args, request)
         except Exception as exc:  # dualrun's own failure must not reach the caller
-            self.recorder.count(route.target, "internal_errors", f"{type(exc).__name__}: {exc}")
+            self.recorder.count(route.target, "internal_errors", describe(exc))
 
     # -- comparison ---------------------------------------------------------------------------
 
@@ -688,7 +700,7 @@ class ShadowRunner:
                 again = await self._shadow_async(route, label, again_args, request, label)
             self._conclude(route, label, primary, shadow, again, primary_args, shadow_args, request)
         except Exception as exc:
-            self.recorder.count(route.target, "internal_errors", f"{type(exc).__name__}: {exc}")
+            self.recorder.count(route.target, "internal_errors", describe(exc))
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -699,8 +711,7 @@ class ShadowRunner:
     def close(self, timeout: float | None = 5.0) -> None:
         """Finish queued shadow runs (up to ``timeout``) and stop the worker threads."""
         self._pool.close(timeout)
-        if self._timeout_pool is not None:
-            self._timeout_pool.shutdown(wait=False, cancel_futures=True)
+        self._helpers.close(timeout=0)
 
 
 def redacted(obs: Observation, redact: Callable[[str, str], str]) -> Observation:
