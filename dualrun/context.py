@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar, cast
@@ -59,17 +59,53 @@ def check_label(value: object, what: str) -> Label:
 def _in_request(
     state: RequestContext, iterator: Generator[Any, Any, Any]
 ) -> Generator[Any, Any, Any]:
-    """Drive ``iterator`` with ``state`` as the current request during each step."""
+    """Drive ``iterator`` with ``state`` as the current request during each step, passing on
+    what is sent or thrown in, and closing it (inside the request) when closed."""
     sent: Any = None
+    thrown: BaseException | None = None
     while True:
         token = current_request.set(state)
         try:
-            item = iterator.send(sent)
+            item = iterator.send(sent) if thrown is None else iterator.throw(thrown)
         except StopIteration as stop:
             return stop.value
         finally:
             current_request.reset(token)
-        sent = yield item
+        sent, thrown = None, None
+        try:
+            sent = yield item
+        except GeneratorExit:
+            token = current_request.set(state)
+            try:
+                iterator.close()
+            finally:
+                current_request.reset(token)
+            raise
+        except BaseException as exc:
+            thrown = exc
+
+
+async def _in_request_async(
+    state: RequestContext, iterator: AsyncGenerator[Any, Any]
+) -> AsyncGenerator[Any, Any]:
+    """The async counterpart of :func:`_in_request` (values sent in are passed on too)."""
+    sent: Any = None
+    try:
+        while True:
+            token = current_request.set(state)
+            try:
+                item = await iterator.asend(sent)
+            except StopAsyncIteration:
+                return
+            finally:
+                current_request.reset(token)
+            sent = yield item
+    finally:
+        token = current_request.set(state)
+        try:
+            await iterator.aclose()
+        finally:
+            current_request.reset(token)
 
 
 class context:
@@ -128,6 +164,15 @@ class context:
                     current_request.reset(token)
 
             return cast(F, run_async)
+
+        if inspect.isasyncgenfunction(func):
+
+            @functools.wraps(func)
+            def run_async_generator(*args: Any, **kwargs: Any) -> Any:
+                state = self._state(key_of(*args, **kwargs))
+                return _in_request_async(state, func(*args, **kwargs))
+
+            return cast(F, run_async_generator)
 
         if inspect.isgeneratorfunction(func):
 

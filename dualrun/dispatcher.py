@@ -297,6 +297,14 @@ class Dispatcher:
                 retirement.force()
         return all(r.wait(0) for r in pending)
 
+    @property
+    def live_versions(self) -> VersionPair:
+        """The versions that serve: after a retirement, the remaining one under both labels."""
+        if self._retired_label is None:
+            return self.versions
+        live = self.versions[_OTHER[self._retired_label]]
+        return VersionPair(live, live)
+
     def _refuse_when_killed(self, what: str) -> None:
         if self._killed is not None:
             raise RuntimeError(f"{what}: the kill switch is on ({self._killed}); revive() first")
@@ -307,7 +315,7 @@ class Dispatcher:
 
     def _stop_shadowing(self) -> None:
         """Nothing left to compare with: park the shadow until the next candidate."""
-        self._parked_shadow = self.shadow or self._parked_shadow
+        self._parked_shadow = self.shadow or self._saved_shadow or self._parked_shadow
         self.shadow = None
         self._saved_shadow = None
 
@@ -321,8 +329,6 @@ class Dispatcher:
             for route in self._routes.values():
                 route.alias(label, other)
             self._retired_label = label
-            live = self.versions[other]
-            self.versions = VersionPair(live, live)
         self._retiring.append(Retirement(version, counters, timeout, self._retired))
 
     def _retired(self, record: RetirementRecord) -> None:

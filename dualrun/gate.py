@@ -182,11 +182,11 @@ class Gate:
             routes = list(report)
         comparisons = sum(r.comparisons for r in routes)
         mismatches = sum(r.mismatches for r in routes)
-        excess_errors = sum(max(0, r.errors["new"] - r.errors["old"]) for r in routes)
+        new_only_errors = sum(r.new_only_errors for r in routes)
         checks = [
             self._rate("mismatch rate", mismatches, comparisons, self.max_mismatch_rate),
             self._rate(
-                "error rate", min(excess_errors, comparisons), comparisons, self.max_error_rate
+                "error rate", min(new_only_errors, comparisons), comparisons, self.max_error_rate
             ),
             self._latency(routes),
         ]

@@ -63,9 +63,10 @@ class Retirement:
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
         time.sleep(GRACE_SECONDS)
         quiet = 0
-        while quiet < 2:  # zero twice in a row: nobody was between reading a slot and counting
+        while quiet < 2 and not self._unloaded:  # zero twice in a row: nobody was between
+            # reading a slot and counting itself in; a force() meanwhile ends the wait
             quiet = quiet + 1 if self.in_flight() <= 0 else 0
-            if quiet < 2:
+            if quiet < 2 and not self._unloaded:
                 if deadline is not None and time.monotonic() >= deadline:
                     self.record.forced = True
                     break

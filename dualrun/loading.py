@@ -182,7 +182,9 @@ class Version:
         root_pkg.__spec__ = importlib.machinery.ModuleSpec(self.prefix, None, is_package=True)
         with _meta_path_lock:
             sys.modules[self.prefix] = root_pkg
-            sys.meta_path.insert(0, self._finder)
+            # A new list, not an edit in place: an import running in another thread keeps
+            # iterating the list it started with.
+            sys.meta_path = [self._finder, *sys.meta_path]
         self._loaded = True
 
     def alias(self, name: str) -> str:
@@ -227,7 +229,7 @@ class Version:
             for name in self.modules():
                 sys.modules.pop(name, None)
             if self._finder in sys.meta_path:
-                sys.meta_path.remove(self._finder)
+                sys.meta_path = [f for f in sys.meta_path if f is not self._finder]
             for key in [k for k in sys.path_importer_cache if k.startswith(str(self.root))]:
                 sys.path_importer_cache.pop(key, None)
         self._loaded = False

@@ -24,7 +24,7 @@ TIMELINE_MINUTES = 24 * 60
 _SUB_BITS = 4  # histogram: 16 buckets per power of two, so quantiles are within ~3%
 _EXACT = 2 << _SUB_BITS  # below this many ns, a bucket per value
 
-STATUSES = ("match", "mismatch", "noise", "error", "timeout")
+STATUSES = ("match", "mismatch", "noise", "timeout")
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,7 @@ class RouteAggregate:
     dropped: int = 0
     skipped: int = 0  # sampled calls that could not be shadowed (arguments not copyable, ...)
     internal_errors: int = 0  # a comparator, copier or cleaner raised
+    new_only_errors: int = 0  # comparisons where new raised and old did not
     errors: dict[str, int] = field(default_factory=lambda: {"old": 0, "new": 0})
     latency: dict[str, Histogram] = field(
         default_factory=lambda: {"old": Histogram(), "new": Histogram()}
@@ -196,27 +197,29 @@ class RouteAggregate:
         for outcome in (obs.old, obs.new):
             if outcome.error is not None:
                 self.errors[outcome.label] += 1
+        if obs.new.error is not None and obs.old.error is None:
+            self.new_only_errors += 1
         if obs.status == "timeout":
             self.timeouts += 1
             return
-        if obs.status == "error":
-            self.internal_errors += 1
-            return
-        self.compared(obs.old.wall_ns, obs.old.cpu_ns, obs.new.wall_ns, obs.new.cpu_ns, obs.time)
+        slot = self.compared(
+            obs.old.wall_ns, obs.old.cpu_ns, obs.new.wall_ns, obs.new.cpu_ns, obs.time
+        )
         if obs.status == "match":
             self.matches += 1
         elif obs.status == "noise":
             self.noise += 1
         else:
             self.mismatches += 1
-            self.timeline[int(obs.time // 60)][1] += 1
+            slot[1] += 1
         self._group(self.groups, obs.differences, obs.key)
         self._group(self.noise_groups, obs.noise, obs.key)
 
     def compared(
         self, old_wall: int, old_cpu: int, new_wall: int, new_cpu: int, when: float
-    ) -> None:
-        """Count one comparison (its outcome is counted by the caller)."""
+    ) -> list[int]:
+        """Count one comparison (its outcome is counted by the caller); return its minute's
+        ``[comparisons, mismatches]`` slot (a detached one if the minute is too old to keep)."""
         self.comparisons += 1
         self.latency["old"].add(old_wall)
         self.latency["new"].add(new_wall)
@@ -229,6 +232,7 @@ class RouteAggregate:
             if len(self.timeline) > TIMELINE_MINUTES:
                 del self.timeline[min(self.timeline)]
         slot[0] += 1
+        return slot
 
     def _group(
         self, groups: dict[str, DivergenceGroup], diffs: Iterable[Difference], key: str | None
@@ -356,6 +360,7 @@ COUNTS = (
     "skipped",
     "internal_errors",
     "groups_overflow",
+    "new_only_errors",
 )
 
 

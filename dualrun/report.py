@@ -63,6 +63,7 @@ class RouteReport:
     internal_errors: int = 0
     last_internal_error: str | None = None
     errors: dict[str, int] = field(default_factory=lambda: {"old": 0, "new": 0})
+    new_only_errors: int = 0  # comparisons where new raised and old did not
     mismatch_rate: float | None = None
     mismatch_rate_ci: tuple[float, float] | None = None
     latency_ns: dict[str, dict[str, float | None]] = field(default_factory=dict)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from dualrun.compare import describe
 from dualrun.gate import Decision, Gate
 from dualrun.policy import Canary
 from dualrun.recorder import RouteAggregate
@@ -121,6 +122,7 @@ class Rollout:
         if on_change is not None and not callable(on_change):
             raise ValueError(f"on_change is a callable taking the status, got {on_change!r}")
         self._on_change = on_change
+        self.callback_error: str | None = None  # the last failure of on_change, if any
         self._dispatcher = dispatcher
         policy = dispatcher.policy
         self._canary = policy if isinstance(policy, Canary) else Canary(0)
@@ -259,9 +261,14 @@ class Rollout:
     def _set(self, **changes: Any) -> None:
         self._status = replace(self._status, **changes)
         if self._on_change is not None:
-            self._on_change(self._status)
+            try:
+                self._on_change(self._status)
+            except Exception as exc:  # a broken progress callback must not stop the rollout
+                self.callback_error = describe(exc)
 
     def _finish(self, state: State, reason: str) -> None:
-        self._set(state=state, reason=reason)
-        self._done.set()
-        self._wake.set()
+        try:
+            self._set(state=state, reason=reason)
+        finally:
+            self._done.set()
+            self._wake.set()

@@ -50,10 +50,11 @@ class Route:
     def __init__(self, dispatcher: Dispatcher, target: str) -> None:
         self.target = target
         self._dispatcher = dispatcher
-        old = find(dispatcher.versions.old, target)
+        versions = dispatcher.live_versions
+        old = find(versions.old, target)
         self.kind: Kind = old.kind
         self.flavour = _flavour(old.value)
-        new = self.check(dispatcher.versions.new, "the 'old' version")
+        new = self.check(versions.new, "the 'old' version")
         self.crossings = new_counter()  # method calls that followed their object's version
         self.migrations = new_counter()  # values converted by a migration hook
         self.found: dict[Label, Found] = {}
@@ -67,8 +68,8 @@ class Route:
         # The label whose version serves calls routed to each label (see alias): migrations
         # convert values for that version, not for the one the label names.
         self.serving: dict[Label, Label] = {"old": "old", "new": "new"}
-        self.bind("old", old, dispatcher.versions.old.prefix)
-        self.bind("new", new, dispatcher.versions.new.prefix)
+        self.bind("old", old, versions.old.prefix)
+        self.bind("new", new, versions.new.prefix)
 
     def check(self, version: Version, reference: str) -> Found:
         """The target in ``version``, if it is the same kind and flavour as in ``reference``."""
@@ -248,9 +249,11 @@ class Route:
                 shadow = dispatcher._shadow
                 if shadowable and shadow is not None and shadow.wants(label, get_request()):
                     return shadow.call_async(self, label, full, kwargs)
-                fn, entered, left = slots[label]
 
                 async def run() -> Any:
+                    # The slot is read when the call starts running, and counted at once: a
+                    # version retired in between is never run unaccounted for.
+                    fn, entered, left = slots[label]
                     next(entered)
                     try:
                         return await fn(*full, **kwargs)
@@ -267,9 +270,9 @@ class Route:
                 wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
             ) -> Generator[Any, Any, Any]:
                 label, full, kwargs, _ = choose(instance, args, kwargs)
-                fn, entered, left = slots[label]
 
                 def run() -> Generator[Any, Any, Any]:
+                    fn, entered, left = slots[label]  # read on the first step, as for async
                     next(entered)
                     try:
                         return (yield from fn(*full, **kwargs))
@@ -284,9 +287,9 @@ class Route:
             wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> AsyncIterator[Any]:
             label, full, kwargs, _ = choose(instance, args, kwargs)
-            fn, entered, left = slots[label]
 
             async def run() -> AsyncIterator[Any]:
+                fn, entered, left = slots[label]  # read on the first step, as for async
                 next(entered)
                 try:
                     async for item in fn(*full, **kwargs):

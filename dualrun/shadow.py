@@ -643,8 +643,11 @@ class ShadowRunner:
         current_run.reset(token)
         if isinstance(error, asyncio.CancelledError):
             raise error  # the caller is being cancelled: no shadow run to wait for
+        primary_args = (args, kwargs)
+        if not inline and not _shared(shadow_args, primary_args):
+            primary_args = self._snapshot(primary_args)  # the caller may change them once back
         finish = self._finish_async(
-            route, label, result, (args, kwargs), shadow_args, again_args, early, request
+            route, label, result, primary_args, shadow_args, again_args, early, request
         )
         if inline:
             await finish

@@ -33,13 +33,15 @@ def route(
     ratio: float | None = 1.0,
     name: str = "pkg.engine:quote",
 ) -> RouteReport:
-    """A route report with ``n`` comparisons, as the recorder would aggregate them."""
+    """A route report with ``n`` comparisons, as the recorder would aggregate them; the errors
+    of both versions fall on the same inputs, so new adds ``errors[1] - errors[0]`` of its own."""
     return RouteReport(
         route=name,
         comparisons=n,
         matches=n - mismatches,
         mismatches=mismatches,
         errors={"old": errors[0], "new": errors[1]},
+        new_only_errors=max(0, errors[1] - errors[0]),
         latency_ratio={} if ratio is None else {"p50": ratio, "p95": ratio, "p99": ratio},
     )
 
@@ -364,3 +366,25 @@ def test_zero_mismatches_pass_from_the_smallest_n_the_formula_gives(
     assert check(gate.evaluate(route(first)), "mismatch rate").verdict == "promote"
     if first > 1:
         assert check(gate.evaluate(route(first - 1)), "mismatch rate").verdict == "hold"
+
+
+def test_errors_on_different_inputs_count_even_when_the_totals_are_equal() -> None:
+    from dualrun.recorder import Observation, Outcome, RouteAggregate
+    from dualrun.report import route_report
+
+    def obs(old_error: str | None, new_error: str | None) -> Observation:
+        old = Outcome("old", None if old_error else "1", old_error, 1000, 1000)
+        new = Outcome("new", None if new_error else "1", new_error, 1000, 1000)
+        status = "match" if old_error == new_error else "mismatch"
+        return Observation("r:f", None, "old", old, new, (), (), status, 0.0)
+
+    aggregate = RouteAggregate("r:f")
+    for _ in range(10):
+        aggregate.add(obs("ValueError: a", None))  # old fails on these inputs
+        aggregate.add(obs(None, "ValueError: b"))  # new fails on others
+    for _ in range(180):
+        aggregate.add(obs(None, None))
+    report = route_report("r:f", {"old": 0, "new": 0}, 0, aggregate)
+    assert report.errors == {"old": 10, "new": 10} and report.new_only_errors == 10
+    gate = Gate(min_comparisons=1, max_mismatch_rate=0.5, max_error_rate=0.01)
+    assert check(gate.evaluate(report), "error rate").verdict == "rollback"
