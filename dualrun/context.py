@@ -108,6 +108,11 @@ async def _in_request_async(
             current_request.reset(token)
 
 
+def other(label: Label) -> Label:
+    """The other version's label."""
+    return "new" if label == "old" else "old"
+
+
 class context:
     """Set the request key, pin and attributes for the code inside, as ``with`` or decorator.
 

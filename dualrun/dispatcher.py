@@ -12,7 +12,7 @@ from typing import Any
 import wrapt
 
 from dualrun.compare import describe
-from dualrun.context import EMPTY, Label, RequestContext
+from dualrun.context import EMPTY, Label, RequestContext, other
 from dualrun.counters import new_counter, peek
 from dualrun.errors import TargetNotFoundError, VersionLoadError
 from dualrun.eventlog import EventLog
@@ -28,7 +28,6 @@ from dualrun.shadow import Shadow, ShadowRunner
 from dualrun.targets import parse_target
 
 KILL_SWITCH_VARIABLE = "DUALRUN_KILL_SWITCH"
-_OTHER: dict[Label, Label] = {"old": "new", "new": "old"}
 
 
 def check_migrations(
@@ -302,7 +301,7 @@ class Dispatcher:
         """The versions that serve: after a retirement, the remaining one under both labels."""
         if self._retired_label is None:
             return self.versions
-        live = self.versions[_OTHER[self._retired_label]]
+        live = self.versions[other(self._retired_label)]
         return VersionPair(live, live)
 
     def _refuse_when_killed(self, what: str) -> None:
@@ -325,9 +324,8 @@ class Dispatcher:
         version = self.versions[label]
         counters = [c for route in self._routes.values() for c in route.counters(label)]
         if switch:
-            other: Label = "new" if label == "old" else "old"
             for route in self._routes.values():
-                route.alias(label, other)
+                route.alias(label, other(label))
             self._retired_label = label
         self._retiring.append(Retirement(version, counters, timeout, self._retired))
 
@@ -386,7 +384,7 @@ class Dispatcher:
                 if route is None:
                     route = Route(self, target)
                     if self._retired_label is not None:
-                        route.alias(self._retired_label, _OTHER[self._retired_label])
+                        route.alias(self._retired_label, other(self._retired_label))
                     elif self._killed is not None:
                         route.alias("new", "old")
                     self._routes[target] = route

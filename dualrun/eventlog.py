@@ -33,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from dualrun import checks
 from dualrun.compare import describe
 from dualrun.counters import new_counter, peek
 
@@ -120,22 +121,9 @@ class EventLog:
     ) -> None:
         if redact is not None and not callable(redact):
             raise ValueError(f"redact is a callable mapping an event dict, got {redact!r}")
-        if isinstance(summary_interval, bool) or not isinstance(summary_interval, int | float):
-            raise ValueError(
-                f"summary_interval is a number of seconds > 0, got {summary_interval!r}"
-            )
-        if not summary_interval > 0:
-            raise ValueError(
-                f"summary_interval is a number of seconds > 0, got {summary_interval!r}"
-            )
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise ValueError(f"queue_size is a whole number >= 1, got {queue_size!r}")
-        if (
-            isinstance(match_sample, bool)
-            or not isinstance(match_sample, int | float)
-            or not (0 <= match_sample <= 100)
-        ):
-            raise ValueError(f"match_sample is a percent from 0 to 100, got {match_sample!r}")
+        self.summary_interval = checks.seconds(summary_interval, "summary_interval")
+        self._bound = checks.whole_number(queue_size, "queue_size")
+        self.match_sample = checks.percent(match_sample, "match_sample")  # read by the journal
         self._file: _LineFile | None = None
         if isinstance(target, str | os.PathLike):
             self.path: Path | None = Path(target)
@@ -150,8 +138,6 @@ class EventLog:
                 f"or None; got {target!r}"
             )
         self.redact = redact
-        self.summary_interval = float(summary_interval)
-        self.match_sample = float(match_sample)  # read by the dispatcher
         self.run = uuid.uuid4().hex[:16]
         # The schema goes into every event, also those written through the app's own logger.
         self._base = {
@@ -160,7 +146,6 @@ class EventLog:
             "pid": os.getpid(),
             "host": socket.gethostname(),
         }
-        self._bound = queue_size
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self.dropped = new_counter()
         self._written = new_counter()

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 from typing import Any, Literal
 
+from dualrun import checks
 from dualrun.report import Report, RouteReport, wilson
 
 Verdict = Literal["promote", "hold", "rollback"]
@@ -101,11 +102,7 @@ class Gate:
         confidence: float = 0.95,
         latency_quantile: str = "p95",
     ) -> None:
-        if isinstance(min_comparisons, bool) or not isinstance(min_comparisons, int):
-            raise ValueError(f"min_comparisons is a whole number >= 1, got {min_comparisons!r}")
-        if min_comparisons < 1:
-            raise ValueError(f"min_comparisons is a whole number >= 1, got {min_comparisons!r}")
-        self.min_comparisons = min_comparisons
+        self.min_comparisons = checks.whole_number(min_comparisons, "min_comparisons")
         self.max_mismatch_rate = _number(max_mismatch_rate, "max_mismatch_rate", 1.0)
         self.max_error_rate = _number(max_error_rate, "max_error_rate", 1.0)
         self.max_latency_ratio = _number(max_latency_ratio, "max_latency_ratio")

@@ -9,11 +9,11 @@ context, so it should be cheap and must not block.
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+from dualrun import checks
 from dualrun.context import Label, RequestContext, check_label
 
 _SCALE = 100.0 / 2**64
@@ -70,17 +70,13 @@ class Canary:
         key: Callable[[RequestContext], Any] | None = None,
         salt: str | None = None,
     ) -> None:
-        if isinstance(percent, bool) or not isinstance(percent, int | float):
-            raise ValueError(f"Canary percent is a number from 0 to 100, got {percent!r}")
-        if math.isnan(percent) or not 0 <= percent <= 100:
-            raise ValueError(f"Canary percent is a number from 0 to 100, got {percent!r}")
+        self.percent = checks.percent(percent, "Canary percent")
         if key is not None and not callable(key):
             raise ValueError(
                 f"Canary key is a callable taking the request context (or None), got {key!r}"
             )
         if salt is not None and not isinstance(salt, str):
             raise ValueError(f"Canary salt is a string (or None), got {salt!r}")
-        self.percent = float(percent)
         self.key = key
         self.salt = salt or ""
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from dualrun import checks
 from dualrun.compare import describe
 from dualrun.gate import Decision, Gate
 from dualrun.policy import Canary
@@ -116,9 +117,7 @@ class Rollout:
         if gate is not None and not isinstance(gate, Gate):
             raise ValueError(f"gate is a dualrun.Gate(...) or None, got {gate!r}")
         self.gate = gate or Gate()
-        if isinstance(interval, bool) or not isinstance(interval, int | float) or not interval > 0:
-            raise ValueError(f"interval is a number of seconds > 0, got {interval!r}")
-        self.interval = float(interval)
+        self.interval = checks.seconds(interval, "interval")
         if on_change is not None and not callable(on_change):
             raise ValueError(f"on_change is a callable taking the status, got {on_change!r}")
         self._on_change = on_change

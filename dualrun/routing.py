@@ -12,7 +12,7 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
-from dualrun.context import Label, current_request
+from dualrun.context import Label, current_request, other
 from dualrun.counters import Counter, new_counter, peek
 from dualrun.errors import TargetNotFoundError
 from dualrun.targets import Found, Kind, find
@@ -34,7 +34,6 @@ def _flavour(fn: Any) -> str:
     return "sync"
 
 
-_OTHER: dict[Label, Label] = {"old": "new", "new": "old"}
 Slot = tuple[Any, Counter, Counter]  # (callable, entered, left)
 
 
@@ -153,9 +152,9 @@ class Route:
             module = type(value).__module__
             if module.startswith(prefixes[label]):
                 return None
-            for other, prefix in prefixes.items():
-                if other != label and module.startswith(prefix):
-                    return other
+            for owner, prefix in prefixes.items():
+                if owner != label and module.startswith(prefix):
+                    return owner
             return None
 
         def migrate(value: Any, label: Label) -> Any:
@@ -192,7 +191,7 @@ class Route:
                     # has no such object).
                     next(crossings)
                     return owner, (instance, *args), kwargs, False
-                return label, (instance, *args), kwargs, owner_of(instance, _OTHER[label]) is None
+                return label, (instance, *args), kwargs, owner_of(instance, other(label)) is None
             if prepend_instance and instance is not None:
                 return label, (instance, *args), kwargs, True
             return label, args, kwargs, True

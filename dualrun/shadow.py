@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import math
 import random
 import threading
 import time
@@ -19,6 +18,7 @@ from contextvars import copy_context
 from time import perf_counter_ns, thread_time_ns
 from typing import TYPE_CHECKING, Any
 
+from dualrun import checks
 from dualrun.compare import (
     Differ,
     Difference,
@@ -28,7 +28,7 @@ from dualrun.compare import (
     generalize,
     short_repr,
 )
-from dualrun.context import EMPTY, Label, RequestContext, check_label, current_request
+from dualrun.context import EMPTY, Label, RequestContext, check_label, current_request, other
 from dualrun.policy import stable_bucket
 from dualrun.recorder import Observation, Outcome, Recorder
 from dualrun.sideeffects import Run, current_run, diff_side_effects
@@ -97,7 +97,7 @@ class Shadow:
         if primary != "any":
             check_label(primary, "Shadow primary (or 'any')")
         self.primary = primary
-        self.sample = _percent(sample, "Shadow sample")
+        self.sample = checks.percent(sample, "Shadow sample")
         if compare is not None and not callable(compare):
             raise ValueError(f"compare is a callable (old, new) -> bool | list, got {compare!r}")
         self.compare = compare
@@ -105,13 +105,7 @@ class Shadow:
         if mode not in ("inline", "background"):
             raise ValueError(f"Shadow mode is 'inline' or 'background', got {mode!r}")
         self.mode = mode
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
-        ):
-            raise ValueError(
-                f"Shadow timeout is a number of seconds > 0 (or None), got {timeout!r}"
-            )
-        self.timeout = None if timeout is None else float(timeout)
+        self.timeout = None if timeout is None else checks.seconds(timeout, "Shadow timeout")
         self.calibrate = bool(calibrate)
         for hook, what in ((clean, "clean"), (copy, "copy")):
             if hook is not None and not callable(hook):
@@ -122,29 +116,16 @@ class Shadow:
             raise ValueError(f"redact is a callable (what, text) -> text, got {redact!r}")
         self.redact = redact
         self.differ = Differ(tolerance=tolerance, exception_key=exception_key)
-        for number, what in ((workers, "workers"), (queue_size, "queue_size")):
-            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-                raise ValueError(f"Shadow {what} is a whole number >= 1, got {number!r}")
-        self.workers = workers
-        self.queue_size = queue_size
-        if isinstance(calibrate_calls, bool) or not isinstance(calibrate_calls, int):
-            raise ValueError(f"calibrate_calls is a whole number >= 0, got {calibrate_calls!r}")
-        self.calibrate_calls = max(0, calibrate_calls)
-        self.calibrate_sample = _percent(calibrate_sample, "calibrate_sample")
+        self.workers = checks.whole_number(workers, "Shadow workers")
+        self.queue_size = checks.whole_number(queue_size, "Shadow queue_size")
+        self.calibrate_calls = checks.whole_number(calibrate_calls, "calibrate_calls", minimum=0)
+        self.calibrate_sample = checks.percent(calibrate_sample, "calibrate_sample")
 
     def __repr__(self) -> str:
         return (
             f"Shadow(primary={self.primary!r}, sample={self.sample:g}, mode={self.mode!r}, "
             f"timeout={self.timeout}, calibrate={self.calibrate})"
         )
-
-
-def _percent(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ValueError(f"{what} is a percent from 0 to 100, got {value!r}")
-    if not 0 <= value <= 100:
-        raise ValueError(f"{what} is a percent from 0 to 100, got {value!r}")
-    return float(value)
 
 
 class _Result:
@@ -184,10 +165,6 @@ def _shadow_request(request: RequestContext, label: Label) -> RequestContext:
 def _shared(first: Args, second: Args) -> bool:
     """Whether the shadow got the very same argument objects (nothing was copied)."""
     return first[0] is second[0] and first[1] is second[1]
-
-
-def _other(label: Label) -> Label:
-    return "new" if label == "old" else "old"
 
 
 def _execute(fn: Callable[..., Any], args: Args, run: Run, request: RequestContext) -> _Result:
@@ -415,9 +392,9 @@ class ShadowRunner:
         runs_as: Label | None = None,
     ) -> _Result:
         """Run the other version (or ``runs_as``) on ``args``; bounded by the timeout inline."""
-        other = runs_as or _other(label)
-        fn, entered, left = route.shadow_slots[other]
-        shadow_request = _shadow_request(request, other)
+        runs = runs_as or other(label)
+        fn, entered, left = route.shadow_slots[runs]
+        shadow_request = _shadow_request(request, runs)
         timeout = self.config.timeout
         if timeout is None or self.config.mode == "background":
             next(entered)
@@ -670,15 +647,15 @@ class ShadowRunner:
         request: RequestContext,
         runs_as: Label | None = None,
     ) -> _Result:
-        other = runs_as or _other(label)
-        fn, entered, left = route.shadow_slots[other]
+        runs = runs_as or other(label)
+        fn, entered, left = route.shadow_slots[runs]
         next(entered)
         try:
             return await _execute_async(
                 fn,
                 args,
                 Run(shadow=True),
-                _shadow_request(request, other),
+                _shadow_request(request, runs),
                 self.config.timeout,
             )
         finally:
