@@ -283,6 +283,7 @@ _exit_hooks: list[weakref.WeakMethod[Callable[[], None]]] = []
 def at_exit(hook: Callable[[], None]) -> None:
     """Call the bound method ``hook`` (a final summary) at interpreter exit, before the open
     logs are flushed, if its object is still alive then."""
+    _exit_hooks[:] = [ref for ref in _exit_hooks if ref() is not None]  # dead dispatchers
     _exit_hooks.append(weakref.WeakMethod(hook))
 
 

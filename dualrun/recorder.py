@@ -419,7 +419,7 @@ class Recorder:
         """The common case, kept cheap: both versions agreed and nothing else happened."""
         when = time.time()
         with self._lock:
-            aggregate = self._routes.get(route) or self._route(route)
+            aggregate = self._route(route)
             aggregate.compared(old_wall, old_cpu, new_wall, new_cpu, when)
             aggregate.matches += 1
         if self.match_listener is not None:

@@ -327,8 +327,6 @@ class ShadowRunner:
         return shadow_args, again
 
     def _calibration_due(self, target: str) -> bool:
-        if not self.config.calibrate:
-            return False
         with self._lock:
             done = self._calibrations.get(target, 0)
             due = done < self.config.calibrate_calls or (
