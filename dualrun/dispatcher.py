@@ -91,12 +91,12 @@ class Dispatcher:
         self.last_policy_error: str | None = None
         self._epoch = object()  # decisions cached in a request are valid for one epoch
         self._fixed: Label | None = None
+        self.journal: Journal | None = None  # before the policy: setting one logs an event
         self._policy: Policy = Fixed("old")
         self.policy = Fixed("old") if policy is None else policy
         self.recorder = Recorder()
         self._shadow: ShadowRunner | None = None
         self.shadow = shadow
-        self.journal: Journal | None = None
         if log is not None:
             self.journal = Journal(self, log if isinstance(log, EventLog) else EventLog(log))
         if os.environ.get(KILL_SWITCH_VARIABLE, "").strip() not in ("", "0"):
@@ -115,8 +115,7 @@ class Dispatcher:
         self._fixed = None
         self._policy = policy
         self._fixed = policy.label if type(policy) is Fixed else None
-        if getattr(self, "journal", None) is not None:
-            self._event("dualrun.policy")
+        self._event("dualrun.policy")
 
     def _event(self, name: str, **fields: Any) -> None:
         if self.journal is not None:

@@ -140,11 +140,8 @@ class Gate:
         return Check(name, verdict, value, low, high, threshold, detail)
 
     def _latency(self, routes: Iterable[RouteReport]) -> Check:
-        ratios = [
-            r.latency_ratio.get(self.latency_quantile)
-            for r in routes
-            if r.latency_ratio.get(self.latency_quantile) is not None
-        ]
+        measured = (r.latency_ratio.get(self.latency_quantile) for r in routes)
+        ratios = [ratio for ratio in measured if ratio is not None]
         name = f"latency ratio {self.latency_quantile}"
         if not ratios:
             return Check(
@@ -156,7 +153,7 @@ class Gate:
                 self.max_latency_ratio,
                 f"{name}: no latencies measured yet",
             )
-        worst = max(r for r in ratios if r is not None)
+        worst = max(ratios)
         verdict: Verdict = "promote" if worst <= self.max_latency_ratio else "rollback"
         relation = "within" if verdict == "promote" else "above"
         return Check(

@@ -228,7 +228,10 @@ class ShadowRunner:
     def __init__(self, config: Shadow, recorder: Recorder) -> None:
         self.config = config
         self.recorder = recorder
-        self._noise: dict[str, set[str]] = {}  # route -> generalised paths seen to be noisy
+        # route -> generalised paths seen to be noisy, and the same as rules that match a path
+        # and everything below it (compiled again only when a path is learnt)
+        self._noise: dict[str, set[str]] = {}
+        self._noise_rules: dict[str, IgnoreRules] = {}
         self._calibrations: dict[str, int] = {}
         self._lock = threading.Lock()
         self._pool = WorkerPool(config.workers, config.queue_size, "dualrun-shadow")
@@ -509,21 +512,9 @@ class ShadowRunner:
         if noisy:
             with self._lock:
                 known = self._noise.setdefault(target, set())
-                if len(known) < MAX_NOISE_PATHS:
+                if len(known) < MAX_NOISE_PATHS and not noisy <= known:
                     known |= noisy
-
-    def noise_paths(self, target: str) -> set[str]:
-        """Generalised paths seen to differ between two runs of the same version."""
-        with self._lock:
-            return set(self._noise.get(target, ()))
-
-    def _is_noise(self, noise: set[str], difference: Difference) -> bool:
-        path = generalize(difference.path)
-        if path in noise:
-            return True
-        return any(
-            path.startswith(n) and path[len(n)] in ".[{" for n in noise if len(n) < len(path)
-        )
+                    self._noise_rules[target] = IgnoreRules(sorted(known))
 
     def _record(
         self,
@@ -552,10 +543,10 @@ class ShadowRunner:
                     "$arguments",
                 )
             differences = self.config.ignore.filter(differences)
-            noisy = self.noise_paths(target) if self.config.calibrate else set()
-            if noisy:
-                noise = [d for d in differences if self._is_noise(noisy, d)]
-                differences = [d for d in differences if not self._is_noise(noisy, d)]
+            rules = self._noise_rules.get(target) if self.config.calibrate else None
+            if rules is not None:
+                noise = [d for d in differences if rules.matches(d.path)]
+                differences = [d for d in differences if not rules.matches(d.path)]
             status = "mismatch" if differences else "noise" if noise else "match"
             if status == "match" and old.error is None and new.error is None:
                 self.recorder.record_match(target, old.wall_ns, old.cpu_ns, new.wall_ns, new.cpu_ns)
