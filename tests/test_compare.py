@@ -278,8 +278,8 @@ def test_slots_dict_attrs_and_pydantic_style_objects_compare_by_fields() -> None
 
 
 def test_real_attrs_and_pydantic_classes() -> None:
-    attrs = pytest.importorskip("attrs")
-    pydantic = pytest.importorskip("pydantic")
+    import attrs
+    import pydantic
 
     @attrs.define
     class Point:
