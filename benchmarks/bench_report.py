@@ -183,12 +183,14 @@ def _write(out: TextIO, lines: list[str]) -> int:
     return len(text.encode())
 
 
-def measure(paths: list[Path]) -> dict[str, Any]:
+def measure(paths: list[Path], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Read ``paths`` in a fresh subprocess; ``env``: extra environment variables for it."""
     done = subprocess.run(
         [sys.executable, "-c", READER, *map(str, paths)],
         capture_output=True,
         text=True,
         check=True,
+        env=None if env is None else {**os.environ, **env},
     )
     result: dict[str, Any] = json.loads(done.stdout)
     return result

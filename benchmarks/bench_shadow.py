@@ -28,6 +28,14 @@ import dualrun
 REPEAT = 7
 NUMBER = 20_000
 
+COMMON = """
+def record(n):
+    return {"id": n, "sku": "SKU-1", "name": "widget", "qty": 2, "price": 9.5,
+            "currency": "EUR", "rate": 0.2, "ok": True, "note": None, "tags": ["a", "b"]}
+def total(cart):
+    return sum(item["qty"] * item["price"] for item in cart["items"])
+"""
+
 OLD = """
 import time
 def add(a, b):
@@ -58,7 +66,7 @@ def make_versions(root: Path) -> dualrun.VersionPair:
     for tag, code in (("old", OLD), ("new", NEW)):
         package = root / tag / "bench_shadow_target"
         package.mkdir(parents=True)
-        (package / "__init__.py").write_text(code)
+        (package / "__init__.py").write_text(code + COMMON)
     return dualrun.load("bench_shadow_target", old=str(root / "old"), new=str(root / "new"))
 
 
@@ -139,7 +147,9 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def memory(versions: dualrun.VersionPair, calls: int = 1_000_000) -> None:
+def rss_growth(versions: dualrun.VersionPair, calls: int) -> tuple[float, float, int, int]:
+    """RSS before and after ``calls`` inline-shadowed calls (1% mismatches), in MB, and the
+    comparisons and mismatches the report counts."""
     d = dualrun.Dispatcher(versions, shadow=dualrun.Shadow(mode="inline"))
     quote = d.route("bench_shadow_target:quote")
     for n in range(10_000):  # warm up: allocator pools, histogram buckets, groups
@@ -149,12 +159,17 @@ def memory(versions: dualrun.VersionPair, calls: int = 1_000_000) -> None:
         quote(n)
     after = rss_mb()
     route = d.report().route("bench_shadow_target:quote")
+    d.close()
+    return before, after, route.comparisons, route.mismatches
+
+
+def memory(versions: dualrun.VersionPair, calls: int = 1_000_000) -> None:
+    before, after, comparisons, mismatches = rss_growth(versions, calls)
     print(
-        f"{calls:,} shadowed calls, {route.mismatches:,} mismatches "
-        f"({100 * route.mismatches / route.comparisons:.1f}%): RSS {before:.1f} MB -> "
+        f"{calls:,} shadowed calls, {mismatches:,} mismatches "
+        f"({100 * mismatches / comparisons:.1f}%): RSS {before:.1f} MB -> "
         f"{after:.1f} MB, growth {after - before:.1f} MB (target < 50 MB)"
     )
-    d.close()
 
 
 def main() -> None:
