@@ -11,6 +11,7 @@ from typing import Any
 
 import wrapt
 
+from dualrun import forks
 from dualrun.compare import describe
 from dualrun.context import EMPTY, Label, RequestContext, other
 from dualrun.counters import new_counter, peek
@@ -101,6 +102,19 @@ class Dispatcher:
             self.journal = Journal(self, log if isinstance(log, EventLog) else EventLog(log))
         if os.environ.get(KILL_SWITCH_VARIABLE, "").strip() not in ("", "0"):
             self.kill(f"{KILL_SWITCH_VARIABLE} is set")
+        forks.register(self)
+
+    def after_fork_in_child(self) -> None:
+        """The child of a ``fork()`` (gunicorn ``--preload``, multiprocessing) counts and
+        reports its own calls only; its lock may have been held by a thread of the parent."""
+        self._lifecycle = threading.RLock()
+        for route in self._routes.values():
+            route.renew_counters()
+        self.policy_errors = new_counter()
+        if self._shadow is not None:
+            self._shadow.after_fork_in_child()
+        if self.journal is not None:
+            self.journal.after_fork_in_child()
 
     # -- policy ----------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from dualrun import checks
+from dualrun import checks, forks
 from dualrun.compare import describe
 from dualrun.counters import new_counter, peek
 
@@ -59,6 +59,10 @@ class _LineFile:
 
     def pending(self) -> int:
         return len(self._pending)
+
+    def forget_pending(self) -> None:
+        """Drop the collected lines (a forked child: its parent writes them)."""
+        self._pending.clear()
 
     def write_pending(self) -> int:
         """Write the collected lines; return how many could not be written (disk full...)."""
@@ -138,6 +142,13 @@ class EventLog:
                 f"or None; got {target!r}"
             )
         self.redact = redact
+        self.summarize: Callable[[], None] | None = None  # set by the dispatcher
+        self._closed = False
+        self._renew()
+        forks.register(self)
+
+    def _renew(self) -> None:
+        """This process's identity, queue and writer (none yet: started on first use)."""
         self.run = uuid.uuid4().hex[:16]
         # The schema goes into every event, also those written through the app's own logger.
         self._base = {
@@ -151,9 +162,14 @@ class EventLog:
         self._written = new_counter()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self._closed = False
-        self.summarize: Callable[[], None] | None = None  # set by the dispatcher
         self._last_summary = time.monotonic()
+
+    def after_fork_in_child(self) -> None:
+        """A forked child writes its own events, under its own run id and pid, through a
+        writer of its own; the parent's queued lines stay the parent's to write."""
+        if self._file is not None:
+            self._file.forget_pending()
+        self._renew()
 
     # -- producing (any thread, never blocks) -----------------------------------------------
 

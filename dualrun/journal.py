@@ -125,6 +125,16 @@ class Journal:
             self._last_dropped = dropped
             self._last_policy_errors = policy_errors
 
+    def after_fork_in_child(self) -> None:
+        """A forked child's summaries count from zero (its recorder and counters were
+        emptied); the parent's are the parent's."""
+        self._summary_lock = threading.Lock()
+        self._last = {}
+        self._last_calls = {}
+        self._last_dropped = 0
+        self._last_policy_errors = 0
+        self._since = time.time()
+
     def restart(self) -> None:
         """Statistics start anew (a swapped candidate): a last summary of the previous one,
         then forget them and rebase the summaries."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from dualrun import forks
 from dualrun.compare import Difference, generalize
 
 EXAMPLES_PER_GROUP = 5
@@ -397,6 +398,13 @@ class Recorder:
         # publish does); called in the recording thread, so they must be quick and not raise.
         self.sinks: list[Callable[[Observation], None]] = []
         self.match_listener: Callable[[str, tuple[int, int], tuple[int, int]], None] | None = None
+        forks.register(self)
+
+    def after_fork_in_child(self) -> None:
+        """A forked child starts empty: its parent's evidence is the parent's to report."""
+        self._lock = threading.Lock()
+        self._routes = {}
+        self._seq = 0
 
     def _route(self, route: str) -> RouteAggregate:
         aggregate = self._routes.get(route)

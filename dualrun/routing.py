@@ -111,6 +111,15 @@ class Route:
         self.slots[label] = (value, self.entered[label], self.left[label])
         self.serving[label] = label
 
+    def renew_counters(self) -> None:
+        """Count from zero (a forked child counts its own calls), keeping every alias."""
+        serving = dict(self.serving)
+        for label in ("old", "new"):
+            self.bind(label, self.found[label], self._prefixes[label][:-1])
+        for label, to in serving.items():
+            if to != label:
+                self.alias(label, to)
+
     def counters(self, label: Label) -> list[tuple[Counter, Counter]]:
         """The in/out counters of the version bound to ``label``: serving and shadow runs."""
         return [(self.entered[label], self.left[label]), self._shadow_counters[label]]

@@ -239,6 +239,12 @@ class ShadowRunner:
         self._timeout_slots = threading.BoundedSemaphore(config.workers)
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def after_fork_in_child(self) -> None:
+        """Locks another thread of the parent held stay held in a forked child: renew them."""
+        self._lock = threading.Lock()
+        self._timeout_slots = threading.BoundedSemaphore(self.config.workers)
+        self._tasks = set()
+
     # -- which calls ------------------------------------------------------------------------
 
     def wants(self, label: Label, request: RequestContext | None) -> bool:

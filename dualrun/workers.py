@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from dualrun import forks
 from dualrun.counters import new_counter, peek
 
 Job = Callable[[], None]
@@ -25,12 +26,18 @@ class WorkerPool:
         self._workers = workers
         self._bound = bound
         self._name = name
+        self._closed = False
+        self.after_fork_in_child()
+        forks.register(self)
+
+    def after_fork_in_child(self) -> None:
+        """Empty queue, no threads (started on first use), fresh lock: also what a forked
+        child needs, as its parent's threads are not in it and its parent's jobs not its own."""
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._submitted = new_counter()
         self._finished = new_counter()
         self._threads: list[threading.Thread] = []
         self._start_lock = threading.Lock()
-        self._closed = False
 
     def pending(self) -> int:
         """Jobs submitted and not finished yet."""
