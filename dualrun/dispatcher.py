@@ -17,7 +17,7 @@ from dualrun.context import EMPTY, Label, RequestContext, other
 from dualrun.counters import new_counter, peek
 from dualrun.errors import TargetNotFoundError, VersionLoadError
 from dualrun.eventlog import EventLog
-from dualrun.intercept import Interception, install
+from dualrun.intercept import Interception, function_wrapper, install
 from dualrun.journal import Journal
 from dualrun.lifecycle import Retirement, RetirementRecord
 from dualrun.loading import VersionPair, load_version
@@ -408,9 +408,11 @@ class Dispatcher:
 
         It is a wrapt ``FunctionWrapper`` around the old version's target, so its signature,
         name and docstring look like the target's. The target must exist in both versions.
+        It is meant to be called, not set as a class attribute: a plain function is wrapped
+        without wrapt's per-call binding check (see ``UnboundFunctionWrapper``).
         """
         route = self._route_for(target)
-        return wrapt.FunctionWrapper(route.found["old"].value, route.wrapper())
+        return function_wrapper(route.found["old"].value, route.wrapper())
 
     def intercept(self, host_target: str, version_target: str) -> Interception:
         """Patch the host's ``"module:qualname"`` so its calls route to ``version_target``.

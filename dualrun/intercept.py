@@ -26,6 +26,30 @@ _PROXY: type[Any] = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
 _applied: dict[int, Interception] = {}  # id(proxy) -> its handle, while the patch is in place
 
 
+class UnboundFunctionWrapper(wrapt.FunctionWrapper):  # type: ignore[type-arg]
+    """A ``FunctionWrapper`` of a plain function that is called, never bound as a method.
+
+    wrapt gives such a wrapper the binding ``"function"``, and then on every call looks up
+    ``__self__`` on the function to find an instance and clears the AttributeError: about 450
+    ns, most of a wrapped call. Given the binding ``"staticmethod"`` it calls the wrapper at
+    once with ``instance=None``, which is what that lookup finds on a plain function anyway.
+    The name, signature, ``__wrapped__`` and ``isinstance(..., wrapt.FunctionWrapper)`` stay.
+    """
+
+    def __init__(self, wrapped: Any, wrapper: Any) -> None:
+        # FunctionWrapper's own __init__ computes the binding; its base takes one as given.
+        base: Any = super(wrapt.FunctionWrapper, self)
+        base.__init__(wrapped, None, wrapper, None, "staticmethod")
+
+
+def function_wrapper(wrapped: Any, wrapper: Any) -> wrapt.FunctionWrapper[Any, Any]:
+    """``wrapt.FunctionWrapper(wrapped, wrapper)`` for a callable that is called directly (a
+    route, a module attribute): without the per-call ``__self__`` lookup for plain functions."""
+    if inspect.isfunction(wrapped):
+        return UnboundFunctionWrapper(wrapped, wrapper)
+    return wrapt.FunctionWrapper(wrapped, wrapper)
+
+
 class Interception:
     """A patched host entry point; ``undo()`` puts the original back exactly."""
 
@@ -62,7 +86,13 @@ class Interception:
             host_is_method = inspect.isclass(parent) and inspect.isfunction(original)
             self._parent, self._attribute = parent, attribute
             self._own = vars(parent).get(attribute, _ABSENT) if inspect.isclass(parent) else _ABSENT
-            self._proxy = wrapt.FunctionWrapper(original, self._make_wrapper(host_is_method))
+            wrapper = self._make_wrapper(host_is_method)
+            # A module attribute is never bound: no need for wrapt's per-call binding check.
+            self._proxy = (
+                wrapt.FunctionWrapper(original, wrapper)
+                if inspect.isclass(parent)
+                else function_wrapper(original, wrapper)
+            )
             setattr(parent, attribute, self._proxy)
             _applied[id(self._proxy)] = self
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import wrapt
 from routing_helpers import make_pair, target
 
 import dualrun
@@ -97,6 +98,27 @@ def test_the_route_looks_like_the_target(versions: dualrun.VersionPair) -> None:
     assert str(inspect.signature(quote)) == "(cart, *, discount=0)"
     assert inspect.signature(quote) == inspect.signature(original)
     assert callable(quote)
+
+
+def test_routes_are_function_wrappers_that_behave_the_same_as_class_attributes(
+    versions: dualrun.VersionPair,
+) -> None:
+    """Routes skip wrapt's per-call binding check: calls through a class keep working."""
+    d = dualrun.Dispatcher(versions, policy=dualrun.Fixed("new"))
+    quote = d.route(target(versions, "quote"))
+    price = d.route(target(versions, "Engine.price"))
+    assert isinstance(quote, wrapt.FunctionWrapper)
+    assert isinstance(price, wrapt.FunctionWrapper)
+    assert quote([1, 2]) == ("new", 3)
+
+    class Holder:
+        held_quote = quote
+        held_price = price
+
+    assert Holder().held_quote([1, 2], discount=1) == ("new", 2)
+    assert Holder.held_quote([1, 2]) == ("new", 3)
+    assert Holder.held_price(engine(versions, "new"), 5) == ("new", 10)
+    assert d.routes[target(versions, "quote")].calls("new") == 3
 
 
 def test_method_classmethod_staticmethod_routes_look_like_their_targets(
