@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
@@ -15,7 +16,7 @@ from dualrun import forks
 from dualrun.compare import describe
 from dualrun.context import EMPTY, Label, RequestContext, other
 from dualrun.counters import new_counter, peek
-from dualrun.errors import TargetNotFoundError, VersionLoadError
+from dualrun.errors import DualrunWarning, TargetNotFoundError, VersionLoadError
 from dualrun.eventlog import EventLog
 from dualrun.intercept import Interception, function_wrapper, install
 from dualrun.journal import Journal
@@ -88,6 +89,7 @@ class Dispatcher:
         self._parked_shadow: Shadow | None = None  # while one version is retired
         self._routes: dict[str, Route] = {}
         self._interceptions: list[Interception] = []
+        self._first_call = True  # the first routed call checks for interceptions still pending
         self.policy_errors = new_counter()
         self.last_policy_error: str | None = None
         self._epoch = object()  # decisions cached in a request are valid for one epoch
@@ -387,6 +389,20 @@ class Dispatcher:
         self.last_policy_error = f"{self._policy!r}: {why}"
         return "old"
 
+    def _first_routed_call(self) -> None:
+        """Once, off the hot path: warn of interceptions whose host module is still not
+        imported, so their callers are not routed (a typo, or a module imported too late)."""
+        self._first_call = False
+        pending = [h.host_target for h in self._interceptions if h.pending]
+        if pending:
+            warnings.warn(
+                f"the first routed call ran while these interceptions are still pending (their "
+                f"host module is not imported, so their callers are not routed): "
+                f"{', '.join(pending)}",
+                DualrunWarning,
+                stacklevel=4,
+            )
+
     # -- routes ----------------------------------------------------------------------------
 
     def _route_for(self, target: str) -> Route:
@@ -414,15 +430,36 @@ class Dispatcher:
         route = self._route_for(target)
         return function_wrapper(route.found["old"].value, route.wrapper())
 
-    def intercept(self, host_target: str, version_target: str) -> Interception:
-        """Patch the host's ``"module:qualname"`` so its calls route to ``version_target``.
+    def intercept(self, target: str, version_target: str | None = None) -> Interception:
+        """Route the calls the host makes into ``target`` (``"pkg.mod:Qual.name"``).
 
-        If the host module is not imported yet, the patch is applied when it is. Code that
-        bound the host function earlier (``from host import func``) keeps the unpatched one.
+        One argument, ``intercept("pricing.engine:quote")``: the host's installed
+        ``pricing.engine.quote`` is patched, and so are the names other modules bound to the
+        same function (``from pricing.engine import quote``), found by scanning the globals of
+        every imported module; every such caller routes to the versions' ``pricing.engine:quote``.
+        References the scan cannot see (closures, default arguments, containers, class
+        attributes) keep the host's function.
+
+        Two arguments, ``intercept("myapp.checkout:quote", "pricing.engine:quote")``: the host
+        function ``myapp.checkout.quote`` is replaced (its body no longer runs) by a route to the
+        version target; refused with ``TypeError`` if the target cannot accept a call the host
+        function accepts. The patched function reports the target's signature.
+
+        If the host module is not imported yet, the patch is applied when it is (the handle is
+        *pending* meanwhile: see :meth:`status`); a module that cannot be imported at all raises
+        ``ModuleNotFoundError`` here. ``handle.undo()`` restores everything it patched.
         """
+        one_argument = version_target is None
+        host_target = target
+        version_target = target if version_target is None else version_target
         parse_target(host_target)  # bad input fails here, before a route is made
         route = self._route_for(version_target)
-        handle = install(host_target, lambda host_is_method: route.wrapper(host_is_method))
+        handle = install(
+            host_target,
+            lambda host_is_method: route.wrapper(host_is_method),
+            target=route.found["old"].value,
+            aliases=one_argument,
+        )
         self._interceptions.append(handle)
         return handle
 

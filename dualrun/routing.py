@@ -178,6 +178,8 @@ class Route:
             instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> tuple[Label, tuple[Any, ...], dict[str, Any], bool]:
             """The version, the full arguments, and whether the call may be shadowed."""
+            if dispatcher._first_call:
+                dispatcher._first_routed_call()
             # The label of the version that will really run (an aliased label runs the other).
             label = serving[decide(get_request())]
             if migrations:
@@ -210,6 +212,8 @@ class Route:
             def route_function(
                 wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
             ) -> Any:
+                if dispatcher._first_call:
+                    dispatcher._first_routed_call()
                 # The decision, inlined: this is the hot path (see Dispatcher._decide).
                 request = get_request()
                 if request is None:
