@@ -56,7 +56,7 @@ def short_repr(value: object, limit: int = REPR_LIMIT) -> str:
     """A one-line repr that never raises and never runs long; version prefixes are removed."""
     try:
         text = repr(value)
-    except Exception as exc:  # a broken __repr__ must not break a comparison
+    except BaseException as exc:  # a broken __repr__ (even a SystemExit) must not break one
         text = f"<{type_name(value)} with a failing repr: {type(exc).__name__}>"
     text = _PREFIX.sub("", text)
     if "\n" in text or "\r" in text:  # a multi-line repr would break report tables
@@ -68,7 +68,7 @@ def describe(exc: BaseException) -> str:
     """``"ValueError: bad input"``, even when the exception's ``__str__`` itself raises."""
     try:
         message = str(exc)
-    except Exception:
+    except BaseException:  # even a SystemExit from __str__ is only a missing message here
         message = "<the message could not be made>"
     return f"{type(exc).__name__}: {message if len(message) <= 300 else message[:299] + '…'}"
 

@@ -162,6 +162,7 @@ class EventLog:
         self._written = new_counter()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._stopping = False  # the writer took the stop marker
         self._last_summary = time.monotonic()
 
     def after_fork_in_child(self) -> None:
@@ -201,35 +202,45 @@ class EventLog:
                 _open_logs.add(self)
 
     def _work(self) -> None:
-        while True:
+        stopping = False
+        while not stopping:
             try:
-                item = self._queue.get(timeout=min(1.0, self.summary_interval))
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                # An event accepted just before close() may sit behind the stop marker.
-                while not self._queue.empty():
-                    late = self._queue.get_nowait()
-                    if isinstance(late, tuple):
-                        self._write(*late)
-                    elif isinstance(late, threading.Event):
-                        late.set()
-                if self._file is not None:
-                    self._lost_lines(self._file.close())
-                return
-            if isinstance(item, tuple):
-                self._write(*item)
-            elif isinstance(item, threading.Event):
+                stopping = self._step()
+            except BaseException:  # the writer outlives anything a step raises
+                stopping = self._stopping
+
+    def _step(self) -> bool:
+        """Take one item off the queue and act on it; True once the log is closed."""
+        try:
+            item = self._queue.get(timeout=min(1.0, self.summary_interval))
+        except queue.Empty:
+            item = None
+        if item is _STOP:
+            self._stopping = True
+            # An event accepted just before close() may sit behind the stop marker.
+            while not self._queue.empty():
+                late = self._queue.get_nowait()
+                if isinstance(late, tuple):
+                    self._write(*late)
+                elif isinstance(late, threading.Event):
+                    late.set()
+            if self._file is not None:
+                self._lost_lines(self._file.close())
+            return True
+        if isinstance(item, tuple):
+            self._write(*item)
+        elif isinstance(item, threading.Event):
+            try:
                 self._write_pending()
+            finally:
                 item.set()
-                continue
-            # Write when the queue runs dry, and also every _BATCH_LINES lines: a producer that
-            # never lets the queue empty must not keep lines (and summaries) back indefinitely.
-            if self._queue.empty() or (
-                self._file is not None and self._file.pending() >= _BATCH_LINES
-            ):
-                self._write_pending()
-                self._maybe_summarize()
+            return False
+        # Write when the queue runs dry, and also every _BATCH_LINES lines: a producer that
+        # never lets the queue empty must not keep lines (and summaries) back indefinitely.
+        if self._queue.empty() or (self._file is not None and self._file.pending() >= _BATCH_LINES):
+            self._write_pending()
+            self._maybe_summarize()
+        return False
 
     def _write(self, event: str, fields: dict[str, Any]) -> None:
         try:
@@ -237,12 +248,14 @@ class EventLog:
             if self.redact is not None:
                 data = self.redact(data)
             self._logger.info(event, **data)
-        except Exception as exc:  # a redactor or the app's logger failed: note it, go on
-            with contextlib.suppress(Exception):  # the logger itself may be what fails
+        except BaseException as exc:  # a redactor or the app's logger failed: count, note, go on
+            next(self.dropped)
+            with contextlib.suppress(BaseException):  # the logger itself may be what fails
                 self._logger.info(
                     "dualrun.error",
                     **self._base,
                     where="event log",
+                    lost=event,
                     error=describe(exc),
                 )
         next(self._written)
@@ -263,8 +276,8 @@ class EventLog:
             self._last_summary = time.monotonic()
             try:
                 self.summarize()
-            except Exception as exc:  # the writer thread must outlive a failed summary
-                self._write("dualrun.error", {"where": "summary", "error": repr(exc)})
+            except BaseException as exc:  # the writer thread must outlive a failed summary
+                self._write("dualrun.error", {"where": "summary", "error": describe(exc)})
 
     # -- flushing and closing -----------------------------------------------------------------
 
@@ -274,7 +287,18 @@ class EventLog:
             return True  # nothing started, or close() has written everything
         done = threading.Event()
         self._queue.put(done)
-        return done.wait(timeout)
+        return self._wait_for_writer(done, timeout)
+
+    def _wait_for_writer(self, done: threading.Event, timeout: float | None) -> bool:
+        """Wait for ``done``, but not for a writer thread that no longer runs (a forked child)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        thread = self._thread
+        while not done.wait(0.05 if deadline is None else min(0.05, timeout or 0)):
+            if thread is None or not thread.is_alive():
+                return done.is_set()
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Flush, stop the writer thread and close the file. Idempotent.

@@ -168,16 +168,13 @@ def _shared(first: Args, second: Args) -> bool:
 
 
 def _execute(fn: Callable[..., Any], args: Args, run: Run, request: RequestContext) -> _Result:
-    """Run one version on its own arguments, catching everything but Ctrl-C."""
+    """Run one version on its own arguments; whatever it raises (``SystemExit`` and
+    ``KeyboardInterrupt`` included) is its outcome, never the caller's."""
     run_token = current_run.set(run)
     request_token = current_request.set(request)
     wall, cpu = perf_counter_ns(), thread_time_ns()
     try:
         value, error = fn(*args[0], **args[1]), None
-    except KeyboardInterrupt:
-        current_request.reset(request_token)
-        current_run.reset(run_token)
-        raise
     except BaseException as exc:
         value, error = None, exc
     wall, cpu = perf_counter_ns() - wall, thread_time_ns() - cpu
@@ -186,11 +183,21 @@ def _execute(fn: Callable[..., Any], args: Args, run: Run, request: RequestConte
     return _Result(value, error, wall, cpu, run)
 
 
+def _cancelling() -> bool:
+    """Whether the running task is being cancelled (by its caller, not by a version)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def _capture(awaitable: Awaitable[Any]) -> tuple[Any, BaseException | None]:
-    """Await a version's coroutine, returning its exception rather than raising it."""
+    """Await a version's coroutine, returning its exception rather than raising it: a
+    ``SystemExit`` or ``KeyboardInterrupt`` raised inside a task would stop the event loop.
+    Cancellation goes on (``wait_for``'s timeout cancels this)."""
     try:
         return await awaitable, None
-    except Exception as exc:
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
         return None, exc
 
 
@@ -206,10 +213,8 @@ async def _execute_async(
         value, error = await asyncio.wait_for(_capture(fn(*args[0], **args[1])), timeout)
     except TimeoutError:  # only wait_for's own: the version's exceptions are captured inside
         value, error, timed_out = None, None, True
-    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
-        task = asyncio.current_task()
-        if isinstance(exc, KeyboardInterrupt) or (task is not None and task.cancelling()):
-            # Ctrl-C, or the caller's task is being cancelled: not the version's doing.
+    except asyncio.CancelledError as exc:
+        if _cancelling():  # the caller's task is being cancelled: not the version's doing
             current_request.reset(request_token)
             current_run.reset(run_token)
             raise
@@ -276,31 +281,36 @@ class ShadowRunner:
     ) -> Any:
         """Serve ``label``'s result for this call and shadow it with the other version."""
         fn, entered, left = route.slots[label]
+        # In flight from the moment the version is chosen: a promote or swap while the shadow
+        # runs first must not unload the version this call is about to run.
+        next(entered)
+        try:
+            return self._call_counted(fn, route, label, args, kwargs)
+        finally:
+            next(left)
+
+    def _call_counted(
+        self,
+        fn: Callable[..., Any],
+        route: Route,
+        label: Label,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         request = current_request.get() or EMPTY
         prepared = self._prepare(route, args, kwargs)
         if prepared is None:
-            next(entered)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                next(left)
+            return fn(*args, **kwargs)
         shadow_args, again_args = prepared
-        inline = self.config.mode == "inline"
-        shadow_first = inline and random.random() < 0.5
         early = None
-        if shadow_first:
+        if self.config.mode == "inline" and random.random() < 0.5:
             try:
                 early = self._shadow_sync(route, label, shadow_args, request)
             except Exception as exc:  # dualrun's own failure (a closed runner): serve unshadowed
                 self.recorder.count(route.target, "internal_errors", describe(exc))
-                next(entered)
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    next(left)
+                return fn(*args, **kwargs)
         primary_run = Run(shadow=False)
         token = current_run.set(primary_run)
-        next(entered)
         wall, cpu = perf_counter_ns(), thread_time_ns()
         try:
             value = fn(*args, **kwargs)
@@ -308,14 +318,12 @@ class ShadowRunner:
             result = _Result(
                 None, exc, perf_counter_ns() - wall, thread_time_ns() - cpu, primary_run
             )
-            next(left)
             current_run.reset(token)
             self._after(
                 route, label, result, (args, kwargs), shadow_args, again_args, early, request
             )
             raise
         result = _Result(value, None, perf_counter_ns() - wall, thread_time_ns() - cpu, primary_run)
-        next(left)
         current_run.reset(token)
         self._after(route, label, result, (args, kwargs), shadow_args, again_args, early, request)
         return value
@@ -330,8 +338,8 @@ class ShadowRunner:
             again = None
             if self.config.calibrate and self._calibration_due(route.target):
                 again = (args, kwargs) if copier is None else copier(args, kwargs)
-        except Exception as exc:
-            self.recorder.count(route.target, "skipped", f"copying the arguments: {exc!r}")
+        except BaseException as exc:  # the copy hook: its failure is this call's outcome
+            self.recorder.count(route.target, "skipped", f"copying the arguments: {describe(exc)}")
             return None
         return shadow_args, again
 
@@ -387,7 +395,7 @@ class ShadowRunner:
         copier = self.config.copy
         try:
             return args if copier is None else copier(*args)
-        except Exception:
+        except BaseException:  # the copy hook: the comparison uses the arguments as they are
             return args
 
     def _shadow_sync(
@@ -468,8 +476,8 @@ class ShadowRunner:
             if again_args is not None:
                 again = self._shadow_sync(route, label, again_args, request, runs_as=label)
             self._conclude(route, label, primary, shadow, again, primary_args, shadow_args, request)
-        except Exception as exc:  # dualrun's own failure must not reach the caller
-            self.recorder.count(route.target, "internal_errors", describe(exc))
+        except BaseException as exc:  # a hook, a comparator, a repr: never the caller's
+            self._failed(route, exc)
 
     # -- comparison ---------------------------------------------------------------------------
 
@@ -585,14 +593,24 @@ class ShadowRunner:
     ) -> Any:
         """The async counterpart of :meth:`call`: the shadow is a task on the same loop."""
         fn, entered, left = route.slots[label]
+        next(entered)  # in flight from the moment the version is chosen, as in call()
+        try:
+            return await self._call_async_counted(fn, route, label, args, kwargs)
+        finally:
+            next(left)
+
+    async def _call_async_counted(
+        self,
+        fn: Callable[..., Any],
+        route: Route,
+        label: Label,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         request = current_request.get() or EMPTY
         prepared = self._prepare(route, args, kwargs)
         if prepared is None:
-            next(entered)
-            try:
-                return await fn(*args, **kwargs)
-            finally:
-                next(left)
+            return await fn(*args, **kwargs)
         shadow_args, again_args = prepared
         inline = self.config.mode == "inline"
         early = None
@@ -600,7 +618,6 @@ class ShadowRunner:
             early = await self._shadow_async(route, label, shadow_args, request)
         primary_run = Run(shadow=False)
         token = current_run.set(primary_run)
-        next(entered)
         wall, cpu = perf_counter_ns(), thread_time_ns()
         error: BaseException | None = None
         value: Any = None
@@ -611,7 +628,6 @@ class ShadowRunner:
         result = _Result(
             value, error, perf_counter_ns() - wall, thread_time_ns() - cpu, primary_run
         )
-        next(left)
         current_run.reset(token)
         if isinstance(error, asyncio.CancelledError):
             raise error  # the caller is being cancelled: no shadow run to wait for
@@ -674,8 +690,21 @@ class ShadowRunner:
             if again_args is not None:
                 again = await self._shadow_async(route, label, again_args, request, label)
             self._conclude(route, label, primary, shadow, again, primary_args, shadow_args, request)
-        except Exception as exc:
+        except asyncio.CancelledError:
+            if not _cancelling():
+                self.recorder.count(route.target, "internal_errors", "CancelledError")
+            elif self.config.mode == "background":
+                self.recorder.count(route.target, "dropped")  # its loop is shutting down
+            raise
+        except BaseException as exc:  # a hook, a comparator, a repr: never the caller's
+            self._failed(route, exc)
+
+    def _failed(self, route: Route, exc: BaseException) -> None:
+        """Record a failure of the comparison or its hooks as this run's outcome."""
+        try:
             self.recorder.count(route.target, "internal_errors", describe(exc))
+        except BaseException:  # even describing it failed: count it without a text
+            self.recorder.count(route.target, "internal_errors", type(exc).__name__)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

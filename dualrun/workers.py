@@ -69,7 +69,7 @@ class WorkerPool:
                 return
             try:
                 job()  # type: ignore[operator]
-            except Exception:
+            except BaseException:  # SystemExit included: a job never stops its worker
                 pass
             finally:
                 next(self._finished)
@@ -80,6 +80,8 @@ class WorkerPool:
         while self.pending() > 0:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
+            if not any(thread.is_alive() for thread in self._threads):
+                return False  # no worker left to run them (a forked child): never wait forever
             time.sleep(0.001)
         return True
 

@@ -1,0 +1,324 @@
+"""Reliability: nothing a shadow does reaches the caller, no version unloads under a call, no
+event is lost unseen.
+
+One rule for ``BaseException`` (``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit``): on the
+caller's own path it propagates as it would without dualrun; raised by a shadow run, a hook, a
+comparator, a ``repr``, a redactor or inside a worker thread, it is recorded as that run's outcome
+and never reaches the caller nor stops a thread. Each test here failed on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from shadow_helpers import Lab, route_report
+
+import dualrun
+from dualrun import shadow as shadow_module
+from dualrun.eventlog import EventLog
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    lab = Lab(tmp_path)
+    yield lab
+    lab.cleanup()
+
+
+@pytest.fixture
+def shadow_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inline shadows run before the primary (the order is otherwise random)."""
+    monkeypatch.setattr(shadow_module, "random", types.SimpleNamespace(random=lambda: 0.0))
+
+
+BAD = {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt}
+
+
+# -- 1. a call is in flight from the moment its version is chosen ------------------------------
+
+# The primary imports at call time: run in an unloaded version, that import fails.
+LAZY_OLD = """
+def f(x):
+    from . import VERSION as version
+    return (version, 2 * x)
+
+
+async def af(x):
+    from . import VERSION as version
+    return (version, 2 * x)
+"""
+
+BLOCKING_NEW = """
+GATE = threading.Event()
+ENTERED = threading.Event()
+
+
+def f(x):
+    ENTERED.set()
+    GATE.wait(10)
+    return (VERSION, 2 * x)
+
+
+async def af(x):
+    ENTERED.set()
+    while not GATE.is_set():
+        await asyncio.sleep(0.001)
+    return (VERSION, 2 * x)
+"""
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_promote_while_the_shadow_runs_first_does_not_unload_the_callers_version(
+    lab: Lab, shadow_first: None, flavour: str
+) -> None:
+    versions = lab.pair(LAZY_OLD, BLOCKING_NEW)
+    new_engine = lab.engine(versions, "new")
+    lab.gates.append(new_engine.GATE)
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow())
+    routed = d.route(lab.target("f" if flavour == "sync" else "af"))
+    outcome: list[Any] = []
+
+    def call() -> None:
+        try:
+            if flavour == "sync":
+                outcome.append(routed(3))
+            else:
+                outcome.append(asyncio.run(routed(3)))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert new_engine.ENTERED.wait(5), "the shadow did not start"
+    assert d.in_flight("old") == 1  # chosen, not run yet: in flight all the same
+    d.promote(drain_timeout=10)
+    time.sleep(0.1)  # a retirement that does not wait for the call unloads old by now
+    assert not d.retired, "old was unloaded while a call routed to it was still running"
+    new_engine.GATE.set()
+    caller.join(10)
+    assert outcome == [("old", 6)]
+    assert d.wait_retired(5)
+    assert d.retired[0].forced is False and d.retired[0].in_flight_at_unload == 0
+
+
+# -- 2. an async shadow never tears down the caller's event loop --------------------------------
+
+ASYNC_OLD = """
+async def f(x):
+    await asyncio.sleep(0)
+    return x
+"""
+
+ASYNC_BAD_NEW = """
+async def f(x):
+    await asyncio.sleep(0)
+    raise {bad}("from the shadow")
+"""
+
+
+@pytest.mark.parametrize("bad", sorted(BAD))
+@pytest.mark.parametrize(
+    "shadow",
+    [
+        {"timeout": 5.0},
+        {"mode": "background"},
+        {"mode": "background", "timeout": 5.0},
+        {},
+    ],
+    ids=["inline-timeout", "background", "background-timeout", "inline"],
+)
+def test_an_async_shadow_raising_system_exit_is_its_outcome_not_the_loops(
+    lab: Lab, bad: str, shadow: dict[str, Any]
+) -> None:
+    versions = lab.pair(ASYNC_OLD, ASYNC_BAD_NEW.format(bad=bad))
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow(**shadow))
+    f = d.route(lab.target("f"))
+
+    async def unrelated() -> str:
+        for _ in range(50):
+            await asyncio.sleep(0.001)
+        return "done"
+
+    async def main() -> list[Any]:
+        other = asyncio.ensure_future(unrelated())
+        results = [await f(i) for i in range(10)]
+        while asyncio.all_tasks() - {asyncio.current_task(), other}:
+            await asyncio.sleep(0.001)  # background comparisons finish on this loop
+        return [*results, await other]
+
+    assert asyncio.run(main()) == [*range(10), "done"]
+    report = route_report(d, lab.target("f"))
+    assert (report.comparisons, report.mismatches, report.errors["new"]) == (10, 10, 10)
+    assert f"raised builtins.{bad}" in d.report().to_json()
+
+
+# -- 3. the background pool survives whatever a shadow does -----------------------------------
+
+
+class ReprRaises:
+    """A value whose repr raises ``exc``: a report needs that repr when the values differ."""
+
+    def __init__(self, exc: type[BaseException]) -> None:
+        self.exc = exc
+
+    def __repr__(self) -> str:
+        raise self.exc("from a repr")
+
+
+@pytest.mark.parametrize("bad", sorted(BAD))
+def test_background_workers_survive_a_shadow_raising_system_exit(lab: Lab, bad: str) -> None:
+    versions = lab.pair(
+        "def f(x):\n    return x\n", f"def f(x):\n    raise {bad}('from the shadow')\n"
+    )
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow(mode="background", workers=2))
+    f = d.route(lab.target("f"))
+    for round_ in range(3):
+        assert [f(i) for i in range(10)] == list(range(10))
+        assert d.flush(5), f"flush() did not finish in round {round_}"
+    report = route_report(d, lab.target("f"))
+    assert (report.comparisons, report.mismatches, report.dropped) == (30, 30, 0)
+
+
+@pytest.mark.parametrize("bad", sorted(BAD))
+@pytest.mark.parametrize("mode", ["inline", "background"])
+def test_a_value_whose_repr_raises_system_exit_is_counted_not_raised(
+    lab: Lab, bad: str, mode: str
+) -> None:
+    common = "class Odd:\n    def __eq__(self, other):\n        return False\n"
+    versions = lab.pair(
+        "def f(x, make):\n    return make()\n", "def f(x, make):\n    return x\n", common
+    )
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow(mode=mode, workers=2, copy=None))
+    f = d.route(lab.target("f"))
+
+    def make() -> ReprRaises:
+        return ReprRaises(BAD[bad])
+
+    for _ in range(3):
+        for i in range(10):
+            assert isinstance(f(i, make), ReprRaises)
+        assert d.flush(5)
+    report = route_report(d, lab.target("f"))
+    assert report.comparisons + report.internal_errors == 30, report
+    assert report.dropped == 0
+
+
+def test_flush_without_timeout_returns_after_a_keyboard_interrupt_in_the_pool(lab: Lab) -> None:
+    versions = lab.pair("def f(x):\n    return x\n", "def f(x):\n    raise KeyboardInterrupt\n")
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow(mode="background", workers=1))
+    f = d.route(lab.target("f"))
+    for i in range(5):
+        f(i)
+    flushed: list[bool] = []
+    waiter = threading.Thread(target=lambda: flushed.append(d.flush()), daemon=True)
+    waiter.start()
+    waiter.join(5)
+    assert flushed == [True]
+
+
+def test_flush_returns_false_when_no_worker_is_left_to_run_the_queue() -> None:
+    from dualrun.workers import WorkerPool
+
+    pool = WorkerPool(1, 10, "test-pool")
+    release = threading.Event()
+    assert pool.submit(lambda: release.wait(5) and None)
+    pool._threads[0].join(0.05)
+    # A forked child inherits the queue but not the threads: simulate workers that are gone.
+    pool._threads = [threading.Thread(target=lambda: None)]
+    started = time.monotonic()
+    assert pool.join() is False
+    assert time.monotonic() - started < 1
+    release.set()
+
+
+# -- 4. the event-log writer survives its redactor and its logger ---------------------------
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("bad", sorted(BAD))
+def test_a_redactor_raising_system_exit_loses_one_event_counted_not_the_writer(
+    tmp_path: Path, bad: str
+) -> None:
+    def redact(event: dict[str, Any]) -> dict[str, Any]:
+        if event.get("n") == 3:
+            raise BAD[bad]("redactor")
+        return event
+
+    log = EventLog(tmp_path / "log.jsonl", redact=redact)
+    try:
+        for n in range(10):
+            assert log.emit("test.event", n=n)
+        assert log.flush(5)
+        assert log.dropped_count() == 1
+        assert log._thread is not None and log._thread.is_alive()
+        for n in range(10, 15):
+            log.emit("test.event", n=n)
+    finally:
+        closer = threading.Thread(target=lambda: log.close(timeout=None), daemon=True)
+        closer.start()
+        closer.join(5)
+        assert not closer.is_alive(), "close(timeout=None) hung"
+    lines = _lines(tmp_path / "log.jsonl")
+    written = [e["n"] for e in lines if e.get("event") == "test.event"]
+    assert written == [n for n in range(15) if n != 3]
+    errors = [e for e in lines if e.get("event") == "dualrun.error"]
+    assert errors and errors[0]["where"] == "event log" and bad in errors[0]["error"]
+
+
+class ExitingLogger:
+    """An app's logger that raises ``SystemExit`` on some events."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        if fields.get("n") == 2:
+            raise SystemExit("logger")
+        self.events.append(event)
+
+
+def test_a_logger_raising_system_exit_keeps_the_dispatcher_closable(lab: Lab) -> None:
+    versions = lab.pair("def f(x):\n    return x\n", "def f(x):\n    return x + 1\n")
+    logger = ExitingLogger()
+    log = EventLog(logger, summary_interval=0.05)
+    d = dualrun.Dispatcher(versions, shadow=dualrun.Shadow(), log=log)
+    f = d.route(lab.target("f"))
+    for n in range(5):
+        f(n)
+        log.emit("test.event", n=n)
+    assert log.flush(5)
+    assert log.dropped_count() >= 1
+    closer = threading.Thread(target=lambda: d.close(timeout=None), daemon=True)
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive(), "Dispatcher.close(timeout=None) hung"
+    assert logger.events.count("test.event") == 4
+    assert logger.events.count("dualrun.divergence") == 5
+    assert logger.events[-1] == "dualrun.summary"
+
+
+def test_flush_and_close_do_not_wait_for_a_writer_that_is_gone(tmp_path: Path) -> None:
+    from dualrun.eventlog import _STOP
+
+    log = EventLog(tmp_path / "log.jsonl")
+    log.emit("test.event")
+    assert log.flush(5)
+    log._queue.put(_STOP)  # the writer ends (as it is absent in a forked child)
+    assert log._thread is not None
+    log._thread.join(5)
+    log.emit("test.event")
+    started = time.monotonic()
+    assert log.flush(timeout=None) is False
+    log.close(timeout=None)
+    assert time.monotonic() - started < 1
