@@ -290,7 +290,7 @@ class EventLog:
         return self._wait_for_writer(done, timeout)
 
     def _wait_for_writer(self, done: threading.Event, timeout: float | None) -> bool:
-        """Wait for ``done``, but not for a writer thread that no longer runs (a forked child)."""
+        """Wait for ``done``, but not for a writer thread that no longer runs."""
         deadline = None if timeout is None else time.monotonic() + timeout
         thread = self._thread
         while not done.wait(0.05 if deadline is None else min(0.05, timeout or 0)):

@@ -81,7 +81,7 @@ class WorkerPool:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             if not any(thread.is_alive() for thread in self._threads):
-                return False  # no worker left to run them (a forked child): never wait forever
+                return False  # no worker left to run them: never wait forever
             time.sleep(0.001)
         return True
 
