@@ -4,29 +4,44 @@ The two versions' classes are distinct types by construction (the old and the ne
 so objects compare by qualified type name (the version prefix removed) and then by their
 fields. The result is a list of :class:`Difference`, each with a path such as
 ``$.items[3].price``, a kind, and both values as short reprs.
+
+A comparison never cries wolf: every NaN equals every NaN, a value whose ``==`` raises is
+compared by its fields or its text, texts are compared and shown with the versions' private
+module prefixes removed, and a reported difference always shows two different texts. The walk
+is iterative, so values nested deeper than the recursion limit are compared to the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-import sys
-from collections.abc import Callable, Iterable, Mapping
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from dualrun.loading import PREFIX_ROOT
 
-KINDS = ("value", "type", "missing", "extra", "length", "order", "exception")
+KINDS = ("value", "type", "missing", "extra", "length", "order", "exception", "uncomparable")
 REPR_LIMIT = 120
 MAX_DIFFERENCES = 50  # per comparison: enough to read, bounded in cost
-MAX_DEPTH = 40
+MAX_PAIRING = 200  # unmatched set members / dict keys paired by value, at most this many a side
 
 _PREFIX = re.compile(re.escape(PREFIX_ROOT) + r"\d+\.")
+_ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
 _INDEX = re.compile(r"\[\d+\]")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_ATOMS = (str, bytes, int, bool, type(None), complex)
+_ATOMS = (str, bytes, int, bool, type(None))
+_NAMED = (
+    type,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    types.ModuleType,
+    types.MethodDescriptorType,
+    types.WrapperDescriptorType,
+)
 
 
 @dataclass(frozen=True)
@@ -52,42 +67,93 @@ def generalize(path: str) -> str:
     return _INDEX.sub("[*]", path)
 
 
-def short_repr(value: object, limit: int = REPR_LIMIT) -> str:
-    """A one-line repr that never raises and never runs long; version prefixes are removed."""
+def strip_versions(text: str) -> str:
+    """``text`` with the versions' private module prefixes removed (``_dualrun_3.pkg`` -> ``pkg``).
+
+    Messages, reprs, type names and tracebacks pass through here both where they are compared
+    and where they are shown, so the two versions' texts agree exactly when their code's do.
+    """
+    return _PREFIX.sub("", text) if PREFIX_ROOT in text else text
+
+
+def _full_repr(value: object) -> tuple[str, bool]:
+    """The one-line repr of ``value`` with prefixes removed, and whether its repr worked."""
     try:
         text = repr(value)
     except BaseException as exc:  # a broken __repr__ (even a SystemExit) must not break one
-        text = f"<{type_name(value)} with a failing repr: {type(exc).__name__}>"
-    text = _PREFIX.sub("", text)
+        return f"<{type_name(value)} with a failing repr: {type(exc).__name__}>", False
+    text = strip_versions(text)
     if "\n" in text or "\r" in text:  # a multi-line repr would break report tables
         text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text, True
+
+
+def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def short_repr(value: object, limit: int = REPR_LIMIT) -> str:
+    """A one-line repr that never raises and never runs long; version prefixes are removed."""
+    return _cut(_full_repr(value)[0], limit)
+
+
+def two_texts(old: str, new: str, limit: int = REPR_LIMIT) -> tuple[str, str]:
+    """Both texts cut to ``limit``, always different when the full texts differ.
+
+    Two long texts that differ only beyond the cut are shown around their first difference.
+    """
+    a, b = _cut(old, limit), _cut(new, limit)
+    if a != b or old == new:
+        return a, b
+    at = next((i for i, (x, y) in enumerate(zip(old, new, strict=False)) if x != y), None)
+    at = min(len(old), len(new)) if at is None else at
+    start = max(0, at - limit // 3)
+    return _window(old, start, limit), _window(new, start, limit)
+
+
+def _window(text: str, start: int, limit: int) -> str:
+    body = text[start : start + limit - 2]
+    return ("…" if start else "") + body + ("…" if start + len(body) < len(text) else "")
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return strip_versions(str(exc))
+    except BaseException:  # even a SystemExit from __str__ is only a missing message here
+        return "<the message could not be made>"
 
 
 def describe(exc: BaseException) -> str:
     """``"ValueError: bad input"``, even when the exception's ``__str__`` itself raises."""
-    try:
-        message = str(exc)
-    except BaseException:  # even a SystemExit from __str__ is only a missing message here
-        message = "<the message could not be made>"
+    message = _message(exc)
     return f"{type(exc).__name__}: {message if len(message) <= 300 else message[:299] + '…'}"
 
 
 def type_name(value: object) -> str:
     """Module and qualified name of ``value``'s type, the same for both versions' classes."""
-    cls = type(value)
-    return _PREFIX.sub("", f"{cls.__module__}.{cls.__qualname__}")
+    return _qualified(type(value))
+
+
+def _qualified(obj: Any) -> str:
+    """``module.Qual.name`` of a class, function or module, without version prefixes."""
+    if isinstance(obj, types.ModuleType):
+        return strip_versions(str(obj.__name__))
+    if isinstance(obj, types.MethodType):
+        return _qualified(obj.__func__)
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "?")
+    return strip_versions(f"{module}.{qualname}" if module else str(qualname))
 
 
 def exception_key(exc: BaseException) -> tuple[str, str]:
-    """How exceptions compare by default: qualified type name and message."""
-    return type_name(exc), str(exc)
+    """How exceptions compare by default: qualified type name and message, prefixes removed."""
+    return type_name(exc), _message(exc)
 
 
 def key_path(path: str, key: object) -> str:
     if isinstance(key, str) and _IDENTIFIER.match(key):
         return f"{path}.{key}"
-    return f"{path}[{key!r}]"
+    return f"{path}[{_full_repr(key)[0]}]"
 
 
 def _fields(value: object) -> dict[str, Any] | None:
@@ -112,8 +178,33 @@ def _fields(value: object) -> dict[str, Any] | None:
     return fields if fields or instance_dict is not None else None
 
 
+def _is_nan(value: object) -> bool:
+    """Float, Decimal (quiet or signalling), and numpy-like NaNs through ``x != x``."""
+    if isinstance(value, Decimal):
+        return value.is_nan()
+    try:
+        return bool(value != value)
+    except BaseException:
+        return False
+
+
+class _Run:
+    """The state of one comparison: differences so far, pairs on the path, what to do next."""
+
+    __slots__ = ("eq_recursed", "out", "seen", "stack")
+
+    def __init__(self, out: list[Difference]) -> None:
+        self.out = out
+        self.seen: set[tuple[int, int]] = set()
+        self.stack: list[Any] = []
+        self.eq_recursed = False  # an __eq__ hit the recursion limit: do not call it again
+
+
 class Differ:
-    """Computes the differences between two values; configured once, used for many calls."""
+    """Computes the differences between two values; configured once, used for many calls.
+
+    Thread-safe: all state of a comparison lives in the comparison.
+    """
 
     _orders = True  # whether a list that differs is checked for being a reordering
 
@@ -139,7 +230,7 @@ class Differ:
         if old is new or (type(old) is type(new) and type(old) in _ATOMS and old == new):
             return []
         out: list[Difference] = []
-        self._walk(old, new, path, out, set(), 0)
+        self._run(old, new, path, out)
         return out
 
     def diff_outcomes(
@@ -158,143 +249,219 @@ class Differ:
             and self.exception_key(old_exc) == self.exception_key(new_exc)
         ):
             return []
-        old_text = _outcome_text(old_value, old_exc)
-        new_text = _outcome_text(new_value, new_exc)
-        return [Difference("$", "exception", old_text, new_text)]
+        old_text, new_text = _outcome_text(old_value, old_exc), _outcome_text(new_value, new_exc)
+        if old_text == new_text and old_exc is not None and new_exc is not None:
+            # Equal type names and messages, told apart by a custom exception_key.
+            old_text += f" (key {short_repr(self.exception_key(old_exc))})"
+            new_text += f" (key {short_repr(self.exception_key(new_exc))})"
+        return [Difference("$", "exception", *two_texts(old_text, new_text))]
+
+    # -- the walk -----------------------------------------------------------------------------
+
+    def _run(self, old: object, new: object, path: str, out: list[Difference]) -> None:
+        """Walk both values depth first with an explicit stack: no recursion limit applies.
+
+        The stack holds pairs to compare (tuples), iterators that yield a container's pairs
+        one at a time, and callables that finish a container once its children are done.
+        """
+        run = _Run(out)
+        stack = run.stack
+        stack.append((old, new, path))
+        limit = self.limit
+        while stack:
+            frame = stack.pop()
+            if type(frame) is tuple:
+                if len(out) < limit:
+                    self._step(run, *frame)
+            elif callable(frame):
+                frame()
+            elif len(out) < limit:
+                pair = next(frame, None)
+                if pair is not None:
+                    stack.append(frame)
+                    stack.append(pair)
 
     def _add(self, out: list[Difference], path: str, kind: str, old: object, new: object) -> None:
         if len(out) < self.limit:
-            out.append(Difference(path, kind, short_repr(old), short_repr(new)))
+            out.append(_difference(path, kind, old, new))
 
-    def _walk(
-        self,
-        old: Any,
-        new: Any,
-        path: str,
-        out: list[Difference],
-        seen: set[tuple[int, int]],
-        depth: int,
-    ) -> None:
-        if old is new or len(out) >= self.limit:
+    def _step(self, run: _Run, old: Any, new: Any, path: str) -> None:
+        out = run.out
+        if old is new:
             return
         old_type, new_type = type(old), type(new)
         if old_type is new_type and old_type in _ATOMS:
-            if old != new:
+            if old != new and not (old_type is str and strip_versions(old) == strip_versions(new)):
                 self._add(out, path, "value", old, new)
             return
         if old_type is not new_type and type_name(old) != type_name(new):
             self._add(out, path, "type", old, new)
             return
-        if isinstance(old, float):
-            if not (old == new or (math.isnan(old) and math.isnan(new))) and not (
-                self.tolerance and abs(old - new) <= self.tolerance
-            ):
+        if isinstance(old, float | complex):
+            if not self._numbers_equal(old, new):
                 self._add(out, path, "value", old, new)
             return
-        if depth >= MAX_DEPTH:  # compare whole reprs: a truncated one hides what lies deeper
-            if short_repr(old, sys.maxsize) != short_repr(new, sys.maxsize):
-                self._add(out, path, "value", old, new)
-            return
-        pair = (id(old), id(new))
-        if pair in seen:
-            return  # a cycle: this pair is being compared further up
-        seen.add(pair)
-        try:
-            self._walk_container(old, new, path, out, seen, depth + 1)
-        finally:
-            seen.discard(pair)
-
-    def _walk_container(
-        self,
-        old: Any,
-        new: Any,
-        path: str,
-        out: list[Difference],
-        seen: set[tuple[int, int]],
-        depth: int,
-    ) -> None:
         if isinstance(old, BaseException):
             if self.exception_key(old) != self.exception_key(new):
                 self._add(out, path, "exception", old, new)
             return
+        if isinstance(old, _NAMED):  # classes, functions, modules: the same by name
+            if _qualified(old) != _qualified(new):
+                self._add(out, path, "value", old, new)
+            return
+        pair = (id(old), id(new))
+        if pair in run.seen:
+            return  # a cycle: this pair is being compared further up
         if isinstance(old, Mapping):
-            self._walk_mapping(old, new, path, out, seen, depth)
+            self._enter(run, pair)
+            run.stack.append(self._mapping_pairs(old, new, path, out))
         elif isinstance(old, list | tuple):
-            self._walk_sequence(old, new, path, out, seen, depth)
+            self._enter(run, pair)
+            self._sequence(run, old, new, path)
         elif isinstance(old, set | frozenset):
-            for item in _ordered(old - new):
-                self._add(out, f"{path}{{{short_repr(item)}}}", "missing", item, None)
-            for item in _ordered(new - old):
-                self._add(out, f"{path}{{{short_repr(item)}}}", "extra", None, item)
+            self._set(old, new, path, out)
         else:
-            old_fields = None if _equal(old, new) else _fields(old)
-            if old_fields is None:
-                if not _equal(old, new):
-                    self._add(out, path, "value", old, new)
-                return
-            new_fields = _fields(new) or {}
-            self._walk_mapping(old_fields, new_fields, path, out, seen, depth)
+            self._record(run, pair, old, new, path)
 
-    def _walk_mapping(
-        self,
-        old: Mapping[Any, Any],
-        new: Mapping[Any, Any],
-        path: str,
-        out: list[Difference],
-        seen: set[tuple[int, int]],
-        depth: int,
-    ) -> None:
+    def _enter(self, run: _Run, pair: tuple[int, int]) -> None:
+        """Mark ``pair`` as on the current path until its children are done."""
+        run.seen.add(pair)
+        run.stack.append(lambda: run.seen.discard(pair))
+
+    def _numbers_equal(self, old: Any, new: Any) -> bool:
+        if isinstance(old, complex):
+            return self._float_equal(old.real, new.real) and self._float_equal(old.imag, new.imag)
+        return self._float_equal(old, new)
+
+    def _float_equal(self, old: float, new: float) -> bool:
+        if old == new or (old != old and new != new):  # every NaN equals every NaN
+            return True
+        return bool(self.tolerance) and abs(old - new) <= self.tolerance
+
+    def _mapping_pairs(
+        self, old: Mapping[Any, Any], new: Mapping[Any, Any], path: str, out: list[Difference]
+    ) -> Iterator[tuple[Any, Any, str]]:
+        if type(old) is dict and type(new) is dict and old.keys() == new.keys():
+            for key, value in old.items():  # the common case, kept short
+                other = new[key]
+                if not (
+                    value is other
+                    or (type(value) is type(other) and type(value) in _ATOMS and value == other)
+                ):
+                    yield value, other, key_path(path, key)
+            return
+        only_new = [key for key in new if key not in old]
+        partner = self._pairs([key for key in old if key not in new], only_new)
         for key, value in old.items():
             sub = key_path(path, key)
             if key in new:
-                self._walk(value, new[key], sub, out, seen, depth)
+                yield value, new[key], sub
+            elif key in partner:
+                yield value, new[partner[key]], sub
             else:
                 self._add(out, sub, "missing", value, None)
-        for key, value in new.items():
-            if key not in old:
-                self._add(out, key_path(path, key), "extra", None, value)
+        taken = {id(key) for key in partner.values()}
+        for key in only_new:
+            if id(key) not in taken:
+                self._add(out, key_path(path, key), "extra", None, new[key])
 
-    def _walk_sequence(
-        self,
-        old: Any,
-        new: Any,
-        path: str,
-        out: list[Difference],
-        seen: set[tuple[int, int]],
-        depth: int,
-    ) -> None:
+    def _pairs(self, only_old: list[Any], only_new: list[Any]) -> dict[Any, Any]:
+        """Members present on one side only that equal one on the other side as values.
+
+        The two versions' enum members or records hash and compare by identity, so a set or
+        dict key made by each version is "missing" and "extra" at once; here they meet.
+        """
+        partner: dict[Any, Any] = {}
+        if not only_old or not only_new or max(len(only_old), len(only_new)) > MAX_PAIRING:
+            return partner
+        remaining = list(only_new)
+        for item in only_old:
+            for i, candidate in enumerate(remaining):
+                if self._same(item, candidate):
+                    partner[item] = candidate
+                    del remaining[i]
+                    break
+        return partner
+
+    def _sequence(self, run: _Run, old: Any, new: Any, path: str) -> None:
+        out = run.out
         if len(old) != len(new) and len(out) < self.limit:
             out.append(Difference(path, "length", _items(len(old)), _items(len(new))))
-        inner: list[Difference] = []
-        for i, (a, b) in enumerate(zip(old, new, strict=False)):
-            self._walk(a, b, f"{path}[{i}]", inner, seen, depth)
-            if len(inner) + len(out) >= self.limit:
-                break
-        if (
-            inner
-            and self._orders
-            and len(old) == len(new)
-            and self._is_permutation(old, new, seen, depth)
-        ):
-            self._add(out, path, "order", old, new)
-            return
-        out.extend(inner[: max(0, self.limit - len(out))])
+        mark = len(out)
 
-    def _is_permutation(self, old: Any, new: Any, seen: set[tuple[int, int]], depth: int) -> bool:
-        if len(old) > 200:
-            return False
-        # Equality probes stop at the first difference and skip the reordering check: with it,
-        # every nested list would be walked again at every level above (2**depth walks).
+        def finish() -> None:
+            # A reordering differs in two positions at least: with one, the lists cannot hold
+            # the same items (and a deep chain would be probed again at every level).
+            if (
+                len(out) > mark + 1
+                and self._orders
+                and len(old) == len(new)
+                and len({d.path[len(path) :].partition("]")[0] for d in out[mark:]}) > 1
+                and self._is_permutation(old, new)
+            ):
+                del out[mark:]
+                self._add(out, path, "order", old, new)
+
+        run.stack.append(finish)
+        run.stack.append(
+            (a, b, f"{path}[{i}]")
+            for i, (a, b) in enumerate(zip(old, new, strict=False))
+            if not (a is b or (type(a) is type(b) and type(a) in _ATOMS and a == b))
+        )
+
+    def _set(self, old: Any, new: Any, path: str, out: list[Difference]) -> None:
+        only_old, only_new = _ordered(old - new), _ordered(new - old)
+        partner = self._pairs(only_old, only_new)
+        taken = {id(item) for item in partner.values()}
+        for item in only_old:
+            if item not in partner:
+                self._add(out, f"{path}{{{short_repr(item)}}}", "missing", item, None)
+        for item in only_new:
+            if id(item) not in taken:
+                self._add(out, f"{path}{{{short_repr(item)}}}", "extra", None, item)
+
+    def _record(self, run: _Run, pair: tuple[int, int], old: Any, new: Any, path: str) -> None:
+        """Anything else: ``==`` if it answers True, then fields, then the printed value."""
+        equal = None if run.eq_recursed else _equal(old, new)
+        if equal is RecursionError:
+            run.eq_recursed, equal = True, None
+        if equal is True or (_is_nan(old) and _is_nan(new)):
+            return
+        fields = _fields(old)
+        if fields is not None:
+            self._enter(run, pair)
+            new_fields = _fields(new) or {}
+            run.stack.append(self._mapping_pairs(fields, new_fields, path, run.out))
+            return
+        (old_text, old_ok), (new_text, new_ok) = _full_repr(old), _full_repr(new)
+        if not (old_ok and new_ok):
+            # Neither == nor the text can tell: never a match (the recursion limit, say).
+            same_type_unequal = equal is False and type(old) is type(new)
+            kind = "value" if same_type_unequal else "uncomparable"
+            self._add(run.out, path, kind, old, new)
+        elif _ADDRESS.sub("", old_text) != _ADDRESS.sub("", new_text):
+            self._add(run.out, path, "value", old, new)
+        # Otherwise they print the same and have no fields: sentinels, objects compared by
+        # identity, the two versions' instances of a class without __eq__. Equal as values.
+
+    def _same(self, old: object, new: object) -> bool:
+        """Whether two values are equal as values: a probe that stops at the first difference."""
         prober = self._probe
         if prober is None:
-            prober = self._probe = Differ(self.tolerance, self.exception_key, limit=1)
+            # Probes skip the reordering check: with it, every nested list would be walked
+            # again at every level above (2**depth walks).
+            prober = Differ(self.tolerance, self.exception_key, limit=1)
             prober._orders = False
+            self._probe = prober
+        return not prober.diff(old, new)
+
+    def _is_permutation(self, old: Any, new: Any) -> bool:
+        if len(old) > MAX_PAIRING:
+            return False
         remaining = list(new)
         for item in old:
             for i, candidate in enumerate(remaining):
-                probe: list[Difference] = []
-                prober._walk(item, candidate, "$", probe, seen, depth)
-                if not probe:
+                if self._same(item, candidate):
                     del remaining[i]
                     break
             else:
@@ -302,15 +469,35 @@ class Differ:
         return True
 
 
+def _difference(path: str, kind: str, old: object, new: object) -> Difference:
+    """A difference whose two texts differ (the kind says why when the values print alike)."""
+    old_text, new_text = two_texts(_full_repr(old)[0], _full_repr(new)[0])
+    if old_text == new_text and kind in ("type", "exception"):
+        old_text, new_text = two_texts(
+            f"{type_name(old)}: {old_text}", f"{type_name(new)}: {new_text}"
+        )
+    return Difference(path, kind, old_text, new_text)
+
+
 def _items(n: int) -> str:
     return f"{n} item" if n == 1 else f"{n} items"
 
 
-def _equal(old: object, new: object) -> bool:
+def _equal(old: object, new: object) -> bool | type[RecursionError] | None:
+    """``old == new`` as a bool; None when it raises or answers something else."""
     try:
-        return bool(old == new)
-    except Exception:
-        return False
+        result = old == new
+    except RecursionError:
+        return RecursionError
+    except BaseException:  # a value's own code: whatever it raises is only "no answer" here
+        return None
+    if isinstance(result, bool):
+        return result
+    try:  # numpy-like: an array of booleans
+        every = getattr(result, "all", None)
+        return bool(every()) if callable(every) else bool(result)
+    except BaseException:
+        return None
 
 
 def _ordered(items: Iterable[Any]) -> list[Any]:
@@ -319,8 +506,8 @@ def _ordered(items: Iterable[Any]) -> list[Any]:
 
 def _outcome_text(value: object, exc: BaseException | None) -> str:
     if exc is None:
-        return f"returned {short_repr(value)}"
-    return f"raised {type_name(exc)}: {short_repr(str(exc))}"
+        return f"returned {_full_repr(value)[0]}"
+    return f"raised {type_name(exc)}: {_full_repr(_message(exc))[0]}"
 
 
 class IgnoreRules:

@@ -73,7 +73,25 @@ def test_a_value_equals_itself_and_its_copy(value: object) -> None:
 def test_equal_by_eq_without_fields_is_equal() -> None:
     assert diff(Decimal("1.0"), Decimal("1.00")) == []
     assert diff(Decimal("1"), Decimal("2")) == [("$", "value")]
-    assert diff(object(), object()) == [("$", "value")]  # no fields, not equal: by value
+    # No fields and == by identity: compared by their text, addresses left out. Two sentinels
+    # that print alike are equal values; reporting them would show the same text twice.
+    assert diff(object(), object()) == []
+
+    texts: dict[int, str] = {}
+
+    class Printed:
+        """No state of its own (no slots, no __dict__) and == by identity; prints its text."""
+
+        __slots__ = ()
+
+        def __init__(self, text: str) -> None:
+            texts[id(self)] = text
+
+        def __repr__(self) -> str:
+            return texts[id(self)]
+
+    assert diff(Printed("A"), Printed("B")) == [("$", "value")]
+    assert diff(Printed("A"), Printed("A")) == []
 
 
 # -- kinds and paths ----------------------------------------------------------------------------
@@ -157,6 +175,20 @@ def test_set_members_are_missing_or_extra() -> None:
     assert diff({3, 1}, {1, 2, 3}) == [("${2}", "extra")]
 
 
+class Unprintable:
+    """Neither == nor repr can tell two of these apart: nothing to compare them by."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        raise RecursionError("maximum recursion depth exceeded while getting the repr")
+
+
 def test_every_kind_is_one_of_the_documented_kinds() -> None:
     samples = [
         (1, 2),
@@ -166,9 +198,19 @@ def test_every_kind_is_one_of_the_documented_kinds() -> None:
         ([1], [1, 2]),
         ([1, 2], [2, 1]),
         (ValueError("a"), ValueError("b")),
+        (Unprintable(), Unprintable()),
     ]
     kinds = [Differ().diff(old, new)[0].kind for old, new in samples]
-    assert kinds == ["value", "type", "missing", "extra", "length", "order", "exception"]
+    assert kinds == [
+        "value",
+        "type",
+        "missing",
+        "extra",
+        "length",
+        "order",
+        "exception",
+        "uncomparable",
+    ]
     assert set(kinds) == set(KINDS)
 
 
