@@ -53,7 +53,44 @@ def build_parser() -> argparse.ArgumentParser:
     report_parser.add_argument("--until", help="up to this time: ISO 8601 with zone, or epoch")
     report_parser.add_argument("--top", type=int, help="at most N divergences per route")
     report_parser.set_defaults(func=_run_report)
+    pin_parser = commands.add_parser(
+        "pin-token",
+        help="mint a signed token that pins requests to a version (web middleware)",
+        description=(
+            "Print a token for the X-Dualrun-Version header (or pin cookie) that the web "
+            "middleware honours when configured with Pins(secret=...). The secret is read from "
+            "the environment variable DUALRUN_PIN_SECRET (or --secret-env NAME) or from "
+            "--secret-file, never from the command line, where other users could see it."
+        ),
+    )
+    pin_parser.add_argument("label", choices=("old", "new"), help="the version to pin to")
+    pin_parser.add_argument(
+        "--ttl", type=float, default=3600.0, help="seconds until the token expires (3600)"
+    )
+    pin_parser.add_argument("--secret-env", default="DUALRUN_PIN_SECRET", metavar="NAME")
+    pin_parser.add_argument("--secret-file", metavar="PATH", help="read the secret from a file")
+    pin_parser.set_defaults(func=_run_pin_token)
     return parser
+
+
+def _run_pin_token(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from dualrun.pins import mint
+
+    try:
+        if args.secret_file is not None:
+            secret = Path(args.secret_file).read_text().strip()
+        else:
+            secret = os.environ.get(args.secret_env, "")
+            if not secret:
+                raise ValueError(f"set the secret in ${args.secret_env} or give --secret-file")
+        print(mint(args.label, secret, args.ttl))
+    except (OSError, ValueError) as exc:
+        print(f"dualrun pin-token: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _run_report(args: argparse.Namespace) -> int:

@@ -386,3 +386,29 @@ def git_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for who in ("AUTHOR", "COMMITTER"):
         monkeypatch.setenv(f"GIT_{who}_NAME", "Test")
         monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.com")
+
+
+@pytest.fixture
+def servers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Start real servers (``servers.start("gunicorn", workers=2, env={...})``, see
+    ``tests/servers.py``); all are stopped at teardown, and their output is printed if the
+    test failed."""
+    from servers import Servers
+
+    started = Servers(tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            for server in started.started:
+                print(f"--- {server.kind} output ({server.log}) ---\n{server.output()}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test item, so fixtures can tell whether it failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
