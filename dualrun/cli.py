@@ -95,6 +95,7 @@ def _run_pin_token(args: argparse.Namespace) -> int:
 
 def _run_report(args: argparse.Namespace) -> int:
     from dualrun.logread import parse_time, report_from_logs
+    from dualrun.render import printable
 
     try:
         since = None if args.since is None else parse_time(args.since)
@@ -102,11 +103,11 @@ def _run_report(args: argparse.Namespace) -> int:
         if args.top is not None and args.top < 1:
             raise ValueError(f"--top is a whole number >= 1, got {args.top}")
     except ValueError as exc:
-        print(f"dualrun report: {exc}", file=sys.stderr)
+        print(f"dualrun report: {printable(exc)}", file=sys.stderr)
         return 2
 
-    def problem(message: str) -> None:
-        print(f"dualrun report: {message}", file=sys.stderr)
+    def problem(message: str) -> None:  # file names and line contents are shown, not obeyed
+        print(f"dualrun report: {printable(message)}", file=sys.stderr)
 
     report, totals = report_from_logs(args.files, problem, args.route, since, until)
     if totals.events == 0:

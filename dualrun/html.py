@@ -85,6 +85,13 @@ _SCRIPT = """
 """
 
 
+def script_json(data: object) -> str:
+    """JSON to inline in a ``<script>``: no ``<``, ``>`` or ``&`` in it at all, so no string
+    (``</script>``, ``<!--<script>``) can end the element or switch the parser's state."""
+    text = json.dumps(data, sort_keys=True, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
@@ -139,7 +146,7 @@ def _route(index: int, route: RouteReport, top: int | None) -> str:
 
 def render_html(report: Report, top: int | None = None) -> str:
     """The whole page as a string."""
-    data = json.dumps(report.to_dict(), sort_keys=True).replace("</", "<\\/")
+    data = script_json(report.to_dict())
     notes = ""
     if report.policy_errors:
         notes += (

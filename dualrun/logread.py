@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from dualrun.eventlog import SCHEMA
-from dualrun.recorder import Observation, RouteAggregate
+from dualrun.recorder import Observation, RouteAggregate, read_time
 from dualrun.report import Report, route_report
 
 Problem = Callable[[str], None]
@@ -171,10 +171,10 @@ class LogReader:
         for path, number, event in lines(paths, problem):
             try:
                 self.apply(event)
-            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-                problem(
-                    f"{path}:{number}: malformed {event.get('event')!r} event skipped ({exc!r})"
-                )
+            except Exception as exc:  # whatever a line holds, it is named and skipped
+                kind = event.get("event")
+                what = repr(kind) if isinstance(kind, str) else "an"
+                problem(f"{path}:{number}: malformed {what[:80]} event skipped ({_why(exc)})")
         for run in self._runs.values():  # divergences after a run's last summary (it died)
             for _, obs in run.pending:
                 self.totals.aggregate(obs.route).add(obs)
@@ -186,35 +186,46 @@ class LogReader:
         self.totals.events += 1
         if kind == "dualrun.divergence":
             obs = Observation.from_dict(event)
-            seq = int(event["seq"])
-            run = self._runs.setdefault(str(event["run"]), _Run())
+            seq = _whole(event["seq"], "seq")
+            run = self._runs.setdefault(_text(event["run"], "run"), _Run())
             if seq > run.covered and self._wanted(obs.route) and self._inside(obs.time):
                 run.pending.append((seq, obs))
         elif kind == "dualrun.summary":
             self._summary(event)
         elif kind in ("dualrun.load", "dualrun.policy", "dualrun.promote", "dualrun.rollback"):
-            self.totals.policy = str(event.get("policy", self.totals.policy))
+            self.totals.policy = _text(event.get("policy", self.totals.policy), "policy")
 
     def _summary(self, event: dict[str, Any]) -> None:
         # Parse the whole event before using any of it: a malformed one is skipped entirely.
-        run, seq = str(event["run"]), int(event["seq"])
-        inside = self._inside(float(event["end"]))
-        dropped = int(event.get("dropped_events", 0)) if inside else 0
-        policy_errors = int(event.get("policy_errors", 0)) if inside else 0
+        run, seq = _text(event["run"], "run"), _whole(event["seq"], "seq")
+        inside = self._inside(read_time(event["end"], "end"))
+        dropped = _whole(event.get("dropped_events", 0), "dropped_events") if inside else 0
+        policy_errors = _whole(event.get("policy_errors", 0), "policy_errors") if inside else 0
         last_policy_error = event.get("last_policy_error")
+        if last_policy_error is not None:
+            last_policy_error = _text(last_policy_error, "last_policy_error")
+        policy = _text(event.get("policy", self.totals.policy), "policy")
+        routes = event["routes"]
+        if not isinstance(routes, dict):
+            raise ValueError("routes is an object")
         parsed: list[tuple[str, dict[str, int] | None, int, RouteAggregate | None]] = []
-        for name, entry in event["routes"].items() if inside else ():
+        for name, entry in routes.items() if inside else ():
             if not self._wanted(name):
                 continue
+            if not isinstance(entry, dict):
+                raise ValueError("a route's entry is an object")
             calls = None
             if "calls" in entry:
-                calls = {label: int(entry["calls"].get(label, 0)) for label in ("old", "new")}
+                given = entry["calls"]
+                if not isinstance(given, dict):
+                    raise ValueError("calls is an object")
+                calls = {label: _whole(given.get(label, 0), "calls") for label in ("old", "new")}
             aggregate = None
             if "aggregate" in entry:
                 aggregate = RouteAggregate.from_dict(entry["aggregate"])
-            parsed.append((name, calls, int(entry.get("crossings", 0)), aggregate))
+            parsed.append((name, calls, _whole(entry.get("crossings", 0), "crossings"), aggregate))
         self._runs.setdefault(run, _Run()).cover(seq)
-        self.totals.policy = str(event.get("policy", self.totals.policy))
+        self.totals.policy = policy
         self.totals.dropped_events += dropped
         self.totals.policy_errors += policy_errors
         if policy_errors and last_policy_error is not None:
@@ -227,6 +238,24 @@ class LogReader:
                 self.totals.crossings[name] = self.totals.crossings.get(name, 0) + crossings
             if aggregate is not None:
                 self.totals.aggregate(name).merge(aggregate)
+
+
+def _whole(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) < value < 2**63:
+        raise ValueError(f"{what} is a 64-bit whole number")
+    return value
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is a string")
+    return value
+
+
+def _why(exc: Exception) -> str:
+    """What was wrong with a line, in one short line (its text comes from the line itself)."""
+    text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, KeyError) else f"no field {exc}"
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def report_from_logs(

@@ -26,6 +26,89 @@ _SUB_BITS = 4  # histogram: 16 buckets per power of two, so quantiles are within
 _EXACT = 2 << _SUB_BITS  # below this many ns, a bucket per value
 
 STATUSES = ("match", "mismatch", "noise", "timeout")
+LABELS = ("old", "new")
+_INT_BOUND = 2**63  # counts and durations read back from a log fit in 64 bits
+_MAX_BUCKET = 65 << _SUB_BITS  # bucket_of() of any 64-bit duration is below this
+_MAX_TIME = 1e12  # seconds since the epoch (year 33658): what a browser's Date can still show
+
+
+# -- reading untrusted data back (event logs): exact types, or ValueError/TypeError ------------
+
+
+def _int(value: object, what: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < _INT_BOUND:
+        raise ValueError(f"{what} is a whole number from {minimum} to 2**63-1")
+    return value
+
+
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} is a number, got a {type(value).__name__}")
+    if isinstance(value, int) and not -_INT_BOUND < value < _INT_BOUND:
+        raise ValueError(f"{what} is out of range")
+    if not math.isfinite(value):
+        raise ValueError(f"{what} is a finite number, got {value!r}")
+    return float(value)
+
+
+def read_time(value: object, what: str) -> float:
+    """Seconds since the epoch read from a log: finite, and within what a report can show."""
+    moment = _number(value, what)
+    if not -_MAX_TIME < moment < _MAX_TIME:
+        raise ValueError(f"{what} is out of range")
+    return moment
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is a string, got a {type(value).__name__}")
+    return value
+
+
+def _optional_text(value: object, what: str) -> str | None:
+    return None if value is None else _text(value, what)
+
+
+def _dict(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} is an object, got a {type(value).__name__}")
+    return value
+
+
+def _list(value: object, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{what} is a list, got a {type(value).__name__}")
+    return value
+
+
+def _label(value: object, what: str) -> str:
+    if value not in LABELS:
+        raise ValueError(f"{what} is 'old' or 'new'")
+    return str(value)
+
+
+def _per_label(data: dict[str, Any], name: str) -> dict[str, int]:
+    values = _dict(data[name], name)
+    return {label: _int(values.get(label, 0), f"{name}.{label}") for label in LABELS}
+
+
+def difference_from_dict(data: object) -> Difference:
+    """A :class:`Difference` read back from a log: four strings, nothing else."""
+    fields = _dict(data, "a difference")
+    if set(fields) != {"path", "kind", "old", "new"}:
+        raise ValueError("a difference has the fields path, kind, old and new")
+    return Difference(
+        *(_text(fields[n], f"difference {n}") for n in ("path", "kind", "old", "new"))
+    )
+
+
+def example_from_dict(data: object) -> dict[str, Any]:
+    """One example of a divergence group read back from a log."""
+    fields = _dict(data, "an example")
+    example: dict[str, Any] = {"path": _text(fields["path"], "example path")}
+    for name in ("old", "new", "key"):
+        example[name] = _optional_text(fields.get(name), f"example {name}")
+    return example
 
 
 @dataclass(frozen=True)
@@ -51,13 +134,17 @@ class Outcome:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Outcome:
+        data = _dict(data, "an outcome")
+        timed_out = data.get("timed_out", False)
+        if not isinstance(timed_out, bool):
+            raise ValueError("timed_out is true or false")
         return cls(
-            str(data["label"]),
-            data.get("value"),
-            data.get("error"),
-            int(data["wall_ns"]),
-            int(data["cpu_ns"]),
-            bool(data.get("timed_out", False)),
+            _label(data["label"], "an outcome's label"),
+            _optional_text(data.get("value"), "value"),
+            _optional_text(data.get("error"), "error"),
+            _int(data["wall_ns"], "wall_ns", -_INT_BOUND),
+            _int(data["cpu_ns"], "cpu_ns", -_INT_BOUND),
+            timed_out,
         )
 
 
@@ -90,16 +177,23 @@ class Observation:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Observation:
+        """Read back from a log: anything out of shape raises ValueError, TypeError, KeyError."""
+        old, new = Outcome.from_dict(data["old"]), Outcome.from_dict(data["new"])
+        if (old.label, new.label) != LABELS:
+            raise ValueError("the outcomes are labelled 'old' and 'new'")
+        status = data["status"]
+        if status not in STATUSES:
+            raise ValueError(f"status is one of {', '.join(STATUSES)}")
         return cls(
-            route=str(data["route"]),
-            key=data.get("key"),
-            primary=str(data["primary"]),
-            old=Outcome.from_dict(data["old"]),
-            new=Outcome.from_dict(data["new"]),
-            differences=tuple(Difference(**d) for d in data.get("differences", ())),
-            noise=tuple(Difference(**d) for d in data.get("noise", ())),
-            status=str(data["status"]),
-            time=float(data["time"]),
+            route=_text(data["route"], "route"),
+            key=_optional_text(data.get("key"), "key"),
+            primary=_text(data["primary"], "primary"),
+            old=old,
+            new=new,
+            differences=tuple(map(difference_from_dict, _list(data.get("differences", []), "d"))),
+            noise=tuple(map(difference_from_dict, _list(data.get("noise", []), "noise"))),
+            status=str(status),
+            time=read_time(data["time"], "time"),
         )
 
 
@@ -268,24 +362,44 @@ class RouteAggregate:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RouteAggregate:
-        aggregate = cls(str(data["route"]))
+        """Read back from a log: anything out of shape raises ValueError, TypeError, KeyError."""
+        data = _dict(data, "an aggregate")
+        aggregate = cls(_text(data["route"], "route"))
         for name in COUNTS:
-            setattr(aggregate, name, int(data.get(name, 0)))
-        aggregate.errors = {label: int(data["errors"].get(label, 0)) for label in ("old", "new")}
-        for label in ("old", "new"):
+            setattr(aggregate, name, _int(data.get(name, 0), name))
+        if aggregate.mismatches > aggregate.comparisons:
+            raise ValueError("more mismatches than comparisons")
+        aggregate.errors = _per_label(data, "errors")
+        aggregate.cpu_ns = _per_label(data, "cpu_ns")
+        latency = _dict(data["latency"], "latency")
+        for label in LABELS:
             histogram = aggregate.latency[label]
-            for bucket, n in data["latency"].get(label, {}).items():
-                histogram.buckets[int(bucket)] = int(n)
-                histogram.count += int(n)
-            aggregate.cpu_ns[label] = int(data["cpu_ns"].get(label, 0))
+            for bucket, n in _dict(latency.get(label, {}), "latency").items():
+                number = int(bucket)
+                if not 0 <= number < _MAX_BUCKET:
+                    raise ValueError(f"latency bucket {number} does not exist")
+                histogram.buckets[number] = _int(n, "a bucket's count")
+                histogram.count += histogram.buckets[number]
         for key, target in (("groups", aggregate.groups), ("noise_groups", aggregate.noise_groups)):
-            for g in data.get(key, ()):
+            for g in _list(data.get(key, []), key):
+                g = _dict(g, "a group")
+                examples = _list(g["examples"], "examples")[:EXAMPLES_PER_GROUP]
                 group = DivergenceGroup(
-                    str(g["path"]), str(g["kind"]), int(g["count"]), list(g["examples"])
+                    _text(g["path"], "a group's path"),
+                    _text(g["kind"], "a group's kind"),
+                    _int(g["count"], "a group's count"),
+                    [example_from_dict(x) for x in examples],
                 )
                 target[f"{group.path} {group.kind}"] = group
-        aggregate.timeline = {int(m): [int(c[0]), int(c[1])] for m, c in data["timeline"].items()}
-        aggregate.last_internal_error = data.get("last_internal_error")
+        for minute, counts in _dict(data["timeline"], "timeline").items():
+            pair = _list(counts, "a minute of the timeline")
+            number = int(minute)
+            if len(pair) != 2 or not -_MAX_TIME < 60 * number < _MAX_TIME:
+                raise ValueError("the timeline maps a minute to [comparisons, mismatches]")
+            aggregate.timeline[number] = [_int(pair[0], "comparisons"), _int(pair[1], "mismatches")]
+        aggregate.last_internal_error = _optional_text(
+            data.get("last_internal_error"), "last_internal_error"
+        )
         return aggregate
 
     def merge(self, other: RouteAggregate) -> None:
@@ -311,6 +425,9 @@ class RouteAggregate:
             slot = self.timeline.setdefault(minute, [0, 0])
             slot[0] += compared
             slot[1] += mismatched
+        if len(self.timeline) > TIMELINE_MINUTES:  # the latest minutes, as compared() keeps
+            for minute in sorted(self.timeline)[: len(self.timeline) - TIMELINE_MINUTES]:
+                del self.timeline[minute]
         if other.last_internal_error is not None:
             self.last_internal_error = other.last_internal_error
 

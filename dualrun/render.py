@@ -1,13 +1,35 @@
-"""Text (terminal) and Markdown (pull request) renderings of a :class:`~dualrun.Report`."""
+"""Text (terminal) and Markdown (pull request) renderings of a :class:`~dualrun.Report`.
+
+Every string in a report may come from the code under test or from a log someone else wrote:
+control characters in it (terminal escapes, newlines, bidirectional overrides) are shown
+escaped, never sent to the terminal as they are.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from dualrun.report import Divergence, Report, RouteReport
 
 EXAMPLE_WIDTH = 60
+# C0 and C1 controls, DEL, line and paragraph separators, bidirectional embeddings, overrides
+# and isolates: what a terminal, a pager or a text editor acts on or reorders.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (
+        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    )
+
+
+def printable(text: object) -> str:
+    """``text`` as one line that only shows itself: control characters as ``\\x1b``, ``\\n``."""
+    return _CONTROLS.sub(_escape, str(text))
 
 
 def duration(ns: float | None) -> str:
@@ -29,7 +51,7 @@ def ratio(value: float | None) -> str:
 
 
 def _clip(text: str | None, width: int = EXAMPLE_WIDTH) -> str:
-    text = "-" if text is None else text
+    text = "-" if text is None else printable(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -80,7 +102,10 @@ def _summary(route: RouteReport) -> list[tuple[str, str]]:
             )
     if route.internal_errors:
         rows.append(
-            ("dualrun errors", f"{route.internal_errors:,}; last: {route.last_internal_error}")
+            (
+                "dualrun errors",
+                f"{route.internal_errors:,}; last: {printable(route.last_internal_error)}",
+            )
         )
     return rows
 
@@ -98,9 +123,9 @@ def _divergence_rows(divergences: list[Divergence], top: int | None) -> list[tup
             (
                 f"{d.count:,}",
                 percent(d.share),
-                d.kind,
-                d.path,
-                f"{_clip(example['old'], 28)} -> {_clip(example['new'], 28)}",
+                printable(d.kind),
+                printable(d.path),
+                f"{_clip(example.get('old'), 28)} -> {_clip(example.get('new'), 28)}",
             )
         )
     return rows
@@ -108,16 +133,16 @@ def _divergence_rows(divergences: list[Divergence], top: int | None) -> list[tup
 
 def render_text(report: Report, top: int | None = None) -> str:
     """Aligned plain text, most frequent divergence first."""
-    lines = [f"dualrun report (policy {report.policy})"]
+    lines = [f"dualrun report (policy {printable(report.policy)})"]
     if report.policy_errors:
         lines.append(
             f"policy errors: {report.policy_errors:,} (served by old); last: "
-            f"{report.last_policy_error}"
+            f"{printable(report.last_policy_error)}"
         )
     if report.dropped_events:
         lines.append(f"event-log lines dropped (queue full): {report.dropped_events:,}")
     for route in report.routes:
-        lines += ["", route.route]
+        lines += ["", printable(route.route)]
         summary = _summary(route)
         width = max(len(name) for name, _ in summary)
         lines += [f"  {name.ljust(width)}  {value}" for name, value in summary]
@@ -135,18 +160,18 @@ def render_text(report: Report, top: int | None = None) -> str:
 
 def render_markdown(report: Report, top: int | None = None) -> str:
     """Markdown that pastes into a pull request."""
-    lines = [f"## dualrun report (policy `{report.policy}`)"]
+    lines = [f"## dualrun report (policy {_code(report.policy)})"]
     if report.policy_errors:
         lines += [
             "",
             f"**Policy errors:** {report.policy_errors:,} (served by old); last: "
-            f"`{report.last_policy_error}`",
+            f"{_code(report.last_policy_error)}",
         ]
     if report.dropped_events:
         lines += ["", f"**Event-log lines dropped (queue full):** {report.dropped_events:,}"]
     for route in report.routes:
-        lines += ["", f"### `{route.route}`", "", "| | |", "|---|---|"]
-        lines += [f"| {name} | {value} |" for name, value in _summary(route)]
+        lines += ["", f"### {_code(route.route)}", "", "| | |", "|---|---|"]
+        lines += [f"| {name} | {_md(value)} |" for name, value in _summary(route)]
         for title, divergences in (
             ("Divergences", route.divergences),
             ("Noise", route.noise_divergences),
@@ -165,9 +190,14 @@ def render_markdown(report: Report, top: int | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _code(text: object) -> str:
+    """``text`` as a Markdown code span that nothing inside can end."""
+    return "`" + printable(text).replace("`", "'").replace("|", "\\|") + "`"
+
+
 def _md(cell: str) -> str:
-    return (
-        "`" + cell.replace("|", "\\|").replace("`", "'") + "`"
-        if cell.startswith("$")
-        else (cell.replace("|", "\\|"))
-    )
+    """A table cell: paths as code, other text with Markdown's and HTML's specials escaped."""
+    if cell.startswith("$"):
+        return _code(cell)
+    text = printable(cell).replace("|", "\\|")
+    return text.replace("&", "&amp;").replace("<", "&lt;")

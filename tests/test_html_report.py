@@ -173,7 +173,11 @@ def test_the_html_report_renders_its_charts_in_headless_chromium(
                     new_ns=20_000,
                 )
             )
-    d.recorder.record(observation(ROUTE_B, "mismatch", T0 + 30, paths=("$['<b>tag</b>']",)))
+    # A key that would switch the HTML parser's script state and swallow the page's own script.
+    breaker = "<!--<script></SCRIPT >"
+    d.recorder.record(
+        observation(ROUTE_B, "mismatch", T0 + 30, paths=("$['<b>tag</b>']",), key=breaker)
+    )
     calls_only = target(versions, "quote")  # routed, not shadowed: a section without charts
     d.route(calls_only)(1)
     report = d.report()
@@ -223,3 +227,4 @@ def test_the_html_report_renders_its_charts_in_headless_chromium(
     paths_b = [r.find("code")[0].all_text() for r in sections[1].find("tr", "divergence")]
     assert paths_b == ["$.total", "$['<b>tag</b>']"]  # escaped, shown as text
     assert dom.find("b") == []
+    assert breaker in sections[1].all_text()  # shown as text, and the script above still ran
