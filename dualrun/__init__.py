@@ -13,6 +13,7 @@ from dualrun.report import Report
 from dualrun.rollout import Rollout, RolloutStatus
 from dualrun.shadow import Shadow
 from dualrun.sideeffects import side_effect
+from dualrun.status import LoadedVersion, Status
 
 __all__ = [
     "Canary",
@@ -24,12 +25,14 @@ __all__ = [
     "Fixed",
     "Gate",
     "Interception",
+    "LoadedVersion",
     "Policy",
     "Report",
     "RequestContext",
     "Rollout",
     "RolloutStatus",
     "Shadow",
+    "Status",
     "TargetNotFoundError",
     "Version",
     "VersionLoadError",

@@ -14,7 +14,7 @@ import wrapt
 
 from dualrun import forks
 from dualrun.compare import describe
-from dualrun.context import EMPTY, Label, RequestContext, other
+from dualrun.context import EMPTY, Label, RequestContext, check_label, other
 from dualrun.counters import new_counter, peek
 from dualrun.errors import DualrunWarning, TargetNotFoundError, VersionLoadError
 from dualrun.eventlog import EventLog
@@ -22,11 +22,13 @@ from dualrun.intercept import Interception, function_wrapper, install
 from dualrun.journal import Journal
 from dualrun.lifecycle import Retirement, RetirementRecord
 from dualrun.loading import VersionPair, load_version
-from dualrun.policy import Fixed, Policy, check_policy
+from dualrun.policy import Canary, Fixed, Policy, check_policy
 from dualrun.recorder import Recorder
 from dualrun.report import Report, build_report
 from dualrun.routing import Route
 from dualrun.shadow import Shadow, ShadowRunner
+from dualrun.sideeffects import in_shadow_run
+from dualrun.status import LoadedVersion, Status
 from dualrun.targets import parse_target
 
 KILL_SWITCH_VARIABLE = "DUALRUN_KILL_SWITCH"
@@ -81,6 +83,7 @@ class Dispatcher:
         self._lifecycle = threading.RLock()  # promote, rollback, swap, kill: one at a time
         self._retired_label: Label | None = None  # the label whose version was retired
         self._promoted = False  # promote() committed to new (until rollback or the kill switch)
+        self._pins_honored = True  # False after a rollback that overrides pins
         self._retiring: list[Retirement] = []
         self.retired: list[RetirementRecord] = []
         self.history: list[dict[str, Any]] = []  # earlier candidates: source and report
@@ -156,46 +159,100 @@ class Dispatcher:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def promote(self, retire: bool = True, drain_timeout: float | None = 30.0) -> None:
+    def promote(self, retire: bool = False, drain_timeout: float | None = 30.0) -> None:
         """Commit to the new version: every call goes to it at once, requests already routed
-        to old included. With ``retire`` (the default) the old version is unloaded once its
-        in-flight calls have finished (or after ``drain_timeout`` seconds, reported as forced)
-        and shadowing stops, as there is nothing left to compare with; load the next candidate
-        with :meth:`swap_candidate`. With ``retire=False`` old stays loaded and shadowed, so
-        :meth:`rollback` can still bring it back."""
+        to old included. Shadowing stops (parked until the next candidate or a rollback).
+
+        The old version stays loaded, so :meth:`rollback` can bring it back at once, until the
+        next :meth:`swap_candidate` or an explicit :meth:`retire` unloads it (as Erlang keeps
+        exactly one old version). ``retire=True`` unloads it now, once its in-flight calls have
+        finished (or after ``drain_timeout`` seconds, reported as forced)."""
         with self._lifecycle:
             self._refuse_when_killed("promote")
             if self._retired_label == "new":
+                source = self.versions.new.source
                 raise RuntimeError(
-                    "rollback(retire=True) retired the new version: load a candidate with "
-                    "swap_candidate() before promoting"
+                    f"the new version ({source}) was retired by rollback(retire=True): there is "
+                    "nothing to promote. Load a candidate with swap_candidate(SOURCE), then "
+                    "promote()"
                 )
+            self._pins_honored = True
             self._switch(Fixed("new"))
             self._promoted = True
-            if retire and self._retired_label is None:
+            if self._retired_label is None:
                 self._stop_shadowing()
-                self._retire("old", drain_timeout)
+                if retire:
+                    self._retire("old", drain_timeout)
             self._event("dualrun.promote", retire=retire)
 
-    def rollback(self, retire: bool = False, drain_timeout: float | None = 30.0) -> None:
-        """Every call goes to the old version at once, requests already routed included.
+    def rollback(
+        self, retire: bool = False, drain_timeout: float | None = 30.0, honor_pins: bool = False
+    ) -> None:
+        """Every call goes to the old version at once: requests already routed, and requests
+        pinned to new too (a rolled-back version is not safe to serve) unless ``honor_pins``.
+        Pins count again after :meth:`promote`, :meth:`swap_candidate` or
+        ``dispatcher.pins_honored = True``.
 
-        The new version stays loaded and keeps being shadowed (as configured), so its
-        divergences stay visible and :meth:`promote` stays possible; with ``retire=True`` it is
-        unloaded once its in-flight calls have finished, and shadowing stops.
+        The new version stays loaded and is shadowed (as configured), so its divergences stay
+        visible and :meth:`promote` stays possible; with ``retire=True`` it is unloaded once its
+        in-flight calls have finished, and shadowing stops.
         """
         with self._lifecycle:
             if self._retired_label == "old":
+                source = self.versions.old.source
                 raise RuntimeError(
-                    "promote() retired the old version: there is nothing to roll back to. Load "
-                    "the version to go back to with swap_candidate() and keep Fixed('old')"
+                    f"the old version ({source}) was retired: there is nothing to roll back to. "
+                    f"To serve it again, load it as the candidate with "
+                    f"swap_candidate({source!r}) and promote() it"
                 )
+            self._pins_honored = bool(honor_pins)
             self._switch(Fixed("old"))
             self._promoted = False
+            if self._retired_label is None and self._killed is None:
+                self._resume_shadowing()
             if retire and self._retired_label is None:
                 self._stop_shadowing()
                 self._retire("new", drain_timeout)
-            self._event("dualrun.rollback", retire=retire)
+            self._event("dualrun.rollback", retire=retire, honor_pins=self._pins_honored)
+
+    def retire(self, label: str | None = None, drain_timeout: float | None = 30.0) -> None:
+        """Unload the version that no longer serves: old after :meth:`promote`, new after
+        :meth:`rollback` (or name it: ``"old"``/``"new"``). It goes once its in-flight calls
+        have finished, or after ``drain_timeout`` seconds (forced); calls routed to it
+        meanwhile go to the other version. Afterwards only :meth:`swap_candidate` loads
+        another version to compare with."""
+        with self._lifecycle:
+            if label is None:
+                if type(self._policy) is not Fixed:
+                    raise ValueError(
+                        f"both versions may serve under {self._policy!r}: promote() or "
+                        "rollback() first, or name the version: retire('old') or retire('new')"
+                    )
+                label = other(self._policy.label)
+            checked = check_label(label, "retire's label")
+            if self._retired_label is not None:
+                raise RuntimeError(
+                    f"the {self._retired_label!r} version is already retired; at most one is"
+                )
+            serving = self._policy.label if type(self._policy) is Fixed else None
+            if serving == checked or (self._killed is not None and checked == "old"):
+                raise RuntimeError(
+                    f"the {checked!r} version serves every call now: promote() or rollback() "
+                    "to the other one first"
+                )
+            self._stop_shadowing()
+            self._retire(checked, drain_timeout)
+
+    @property
+    def pins_honored(self) -> bool:
+        """Whether a ``dualrun.context(pin=...)`` chooses the version (False after a
+        :meth:`rollback` that overrode pins)."""
+        return self._pins_honored
+
+    @pins_honored.setter
+    def pins_honored(self, value: bool) -> None:
+        self._pins_honored = bool(value)
+        self._epoch = object()
 
     def swap_candidate(self, source: str, drain_timeout: float | None = 30.0) -> None:
         """Load ``source`` as the new candidate while traffic flows.
@@ -263,6 +320,7 @@ class Dispatcher:
             self.versions = VersionPair(keep, candidate)
             self._retired_label = None
             self._promoted = False
+            self._pins_honored = True
             self._epoch = object()
             self._restart_statistics()
             self._event("dualrun.swap", previous=current.source, candidate=candidate.source)
@@ -333,6 +391,11 @@ class Dispatcher:
         self.shadow = None
         self._saved_shadow = None
 
+    def _resume_shadowing(self) -> None:
+        """Both versions are loaded again (a rollback after a promotion): shadow as before."""
+        if self._shadow is None and self._parked_shadow is not None:
+            self.shadow, self._parked_shadow = self._parked_shadow, None
+
     def _retire(self, label: Label, timeout: float | None, switch: bool = True) -> None:
         """Unload ``label``'s version once its calls have finished; with ``switch``, calls
         routed to ``label`` meanwhile go to the other version."""
@@ -368,8 +431,8 @@ class Dispatcher:
     def _decide(self, request: RequestContext | None) -> Label:
         if request is None:
             return self._fixed or self._choose(EMPTY)
-        if request.pin is not None:
-            return request.pin
+        if request.pin is not None and (self._pins_honored or in_shadow_run()):
+            return request.pin  # a shadow run's own pin keeps it in its version, always
         label: Label | None = request.decisions.get(self._epoch)
         if label is None:
             label = request.decisions.setdefault(self._epoch, self._choose(request))
@@ -481,6 +544,45 @@ class Dispatcher:
             runner.close(timeout)
         if self.journal is not None:
             self.journal.close(timeout)
+
+    def status(self) -> Status:
+        """Where the dispatcher stands now: which version serves, which are loaded, the policy,
+        whether pins count, in-flight calls, pending retirements and interceptions. See
+        :class:`dualrun.Status`; ``status().line()`` is the one-line form."""
+        with self._lifecycle:
+            policy = self._policy
+            if self._killed is not None:
+                serving: list[Label] = ["old"]
+            elif type(policy) is Fixed:
+                serving = [policy.label]
+            elif type(policy) is Canary and policy.percent in (0, 100):
+                serving = ["new" if policy.percent == 100 else "old"]
+            else:
+                serving = ["old", "new"]
+            if self._retired_label is not None:
+                serving = [other(self._retired_label)]
+            retiring = {id(r.version) for r in self._retiring}
+            versions = tuple(
+                LoadedVersion(v.label, v.source, v.prefix, v.loaded, id(v) in retiring)
+                for v in self.versions
+            )
+            return Status(
+                serving=tuple(serving),
+                versions=versions,
+                policy=repr(policy),
+                pins_honored=self._pins_honored,
+                shadow=None if self._shadow is None else repr(self._shadow.config),
+                killed=self._killed,
+                promoted=self._promoted,
+                in_flight={label: self.in_flight(label) for label in ("old", "new")},
+                pending_retirements=tuple(r.version.source for r in self._retiring),
+                pending_interceptions=tuple(
+                    h.host_target for h in self._interceptions if h.pending
+                ),
+                failed_interceptions=tuple(
+                    f"{h.host_target}: {h.error}" for h in self._interceptions if h.failed
+                ),
+            )
 
     def report(self) -> Report:
         """What the dispatcher saw so far, per route: see :class:`dualrun.Report`."""

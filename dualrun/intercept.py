@@ -165,6 +165,11 @@ class Interception:
         return not self._bindings and not self._undone and self.error is None
 
     @property
+    def failed(self) -> bool:
+        """The post-import hook could not patch the host (``error`` says why)."""
+        return self.error is not None and not self._undone
+
+    @property
     def aliases(self) -> list[str]:
         """The other module globals bound to the same function that were patched too."""
         return [f"{b.parent.__name__}:{b.attribute}" for b in self._bindings[1:]]

@@ -220,7 +220,9 @@ class Route:
                     label = dispatcher._fixed or decide(None)
                 else:
                     label = (
-                        request.pin or request.decisions.get(dispatcher._epoch) or decide(request)
+                        (request.pin if dispatcher._pins_honored else None)
+                        or request.decisions.get(dispatcher._epoch)
+                        or decide(request)
                     )
                 shadow = dispatcher._shadow
                 if shadow is not None and shadow.wants(label, request):

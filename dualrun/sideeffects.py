@@ -34,6 +34,12 @@ class Run:
 current_run: ContextVar[Run | None] = ContextVar("dualrun_run", default=None)
 
 
+def in_shadow_run() -> bool:
+    """Whether the code running now is a shadow (or calibration) run of a version."""
+    run = current_run.get()
+    return run is not None and run.shadow
+
+
 def _guard_wrapper(name: str, returns: Any, fake: Callable[..., Any] | None) -> Any:
     def guard(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         run = current_run.get()

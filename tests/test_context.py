@@ -372,7 +372,10 @@ def test_a_policy_swap_keeps_routed_requests_promote_and_rollback_switch_them(
         d.rollback()
         assert version() == "old"
         with dualrun.context(pin="new"):
-            assert version() == "new"  # the pin still wins after a rollback
+            assert version() == "old"  # a rollback overrides pins by default
+        d.rollback(honor_pins=True)
+        with dualrun.context(pin="new"):
+            assert version() == "new"  # unless the operator keeps them
 
 
 def test_two_dispatchers_decide_independently_in_one_request(

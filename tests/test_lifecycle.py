@@ -76,7 +76,7 @@ def test_promote_switches_routed_requests_and_retires_old_once_drained(bench: Be
     quote = d.route(bench.target)
     with dualrun.context(key="user-1"):
         assert quote(1)[0] == "A"
-        d.promote()  # retire=True
+        d.promote(retire=True)
         assert quote(1)[0] == "B"  # a request already routed to old switches at once
     assert isinstance(d.policy, Fixed) and d.policy.label == "new"
     assert served(quote, pin="old") == "B"  # calls routed to old go to new meanwhile
@@ -113,10 +113,13 @@ def test_promote_without_retire_keeps_old_loaded_and_rollback_possible(bench: Be
     assert versions.old.loaded and not d.retired and d.wait_retired(0)
     before = comparisons(d, bench.target)
     served(quote, key="shadowed")
-    assert comparisons(d, bench.target) == before + 1  # old still shadows new
+    assert comparisons(d, bench.target) == before  # promoted: old is loaded, not shadowed
+    assert d.shadow is None
     d.rollback()
     assert d.policy.label == "old"  # type: ignore[attr-defined]
     assert {served(quote, key=f"k{i}") for i in range(20)} == {"A"}
+    served(quote, key="shadowed")
+    assert comparisons(d, bench.target) == before + 21  # both loaded again: shadowed again
 
 
 def test_rollback_keeps_new_loaded_and_shadowed(bench: Bench) -> None:
@@ -132,6 +135,8 @@ def test_rollback_keeps_new_loaded_and_shadowed(bench: Bench) -> None:
     before = comparisons(d, bench.target)
     assert {served(quote, key=f"k{i}") for i in range(10)} == {"A"}
     assert comparisons(d, bench.target) == before + 10  # new keeps being compared
+    assert served(quote, pin="new") == "A"  # a rollback overrides pins
+    d.pins_honored = True  # the operator lets pins choose again
     assert served(quote, pin="new") == "B"
     d.promote(retire=False)  # still possible
     assert served(quote, key="k") == "B"
@@ -227,7 +232,7 @@ def test_wait_retired_returns_once_the_retirement_is_on_record(
     versions = bench.pair("A", "B")
     d = bench.dispatcher(versions)
     d.route(bench.target)
-    d.promote()
+    d.promote(retire=True)
     assert d.wait_retired(5)
     assert [r.label for r in d.retired] == ["old"]  # True means: unloaded and on record
 
@@ -307,7 +312,7 @@ def test_kill_after_a_retiring_promote_serves_the_only_live_version(bench: Bench
     versions = bench.pair("A", "B")
     d = bench.dispatcher(versions)
     quote = d.route(bench.target)
-    d.promote()
+    d.promote(retire=True)
     assert d.wait_retired(5)
     d.kill("incident")
     # Old was retired: the promoted version is the one left to serve.
@@ -524,7 +529,7 @@ def test_state_carried_across_a_promotion_is_migrated(bench: Bench) -> None:
     total = d.route(f"{bench.name}.engine:Quote.total")
     add = d.route(f"{bench.name}.engine:add")
     kept = old.make(3.0)  # made before the promotion, used after it
-    d.promote()
+    d.promote(retire=True)
     assert d.wait_retired(5) and not versions.old.loaded
     assert total(kept) == ("new", 3.0, "EUR")
     # A request pinned to the retired version is served by new, with new's values.

@@ -187,9 +187,11 @@ def test_a_good_candidate_passes_every_step_and_is_promoted(bench: Bench) -> Non
     ramp = [p for p in policies if isinstance(p, Canary)]
     assert [p.percent for p in ramp][-1] == 100.0
     assert all(p.key is key and p.salt == "s" for p in ramp)
-    # promote() retired old: every call goes to new, and old is unloaded once drained.
+    # promote(): every call goes to new; old stays loaded for a rollback until retire().
     assert isinstance(d.policy, Fixed) and d.policy.label == "new"
     assert set(calls(quote, 100)) == {"B"}
+    assert versions.old.loaded and not d.retired
+    d.retire()
     assert d.wait_retired(5)
     assert [r.label for r in d.retired] == ["old"] and not versions.old.loaded
     assert "promoted" in status.line()
@@ -236,11 +238,11 @@ def test_user_promote_skips_the_remaining_steps(bench: Bench) -> None:
     assert rollout.wait(1)
     assert isinstance(d.policy, Fixed) and d.policy.label == "new"
     assert set(calls(quote, 50)) == {"B"}
-    assert d.shadow is None  # promote() retires old: nothing left to compare with
+    assert d.shadow is None  # promoted: old is kept for a rollback, not shadowed
     rollout.abort()  # finished: nothing happens
     assert rollout.status().state == "promoted" and d.policy.label == "new"
     assert rollout.tick() is None
-    assert d.wait_retired(5) and not versions.old.loaded
+    assert versions.old.loaded  # until retire() or the next candidate
 
 
 def test_abort_rolls_back_and_stops(bench: Bench) -> None:
