@@ -99,7 +99,7 @@ def test_a_promote_while_the_shadow_runs_first_does_not_unload_the_callers_versi
     caller.start()
     assert new_engine.ENTERED.wait(5), "the shadow did not start"
     assert d.in_flight("old") == 1  # chosen, not run yet: in flight all the same
-    d.promote(drain_timeout=10)
+    d.promote(retire=True, drain_timeout=10)
     time.sleep(0.1)  # a retirement that does not wait for the call unloads old by now
     assert not d.retired, "old was unloaded while a call routed to it was still running"
     new_engine.GATE.set()
