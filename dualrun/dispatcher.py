@@ -421,6 +421,8 @@ class Dispatcher:
         self._parked_shadow = None
         if config is not None:
             self.shadow = config  # a fresh runner: noise is learnt anew
+        for route in self._routes.values():
+            route.restart_counts()
         if self.journal is not None:
             self.journal.restart()
         else:

@@ -51,6 +51,7 @@ class _LineFile:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._pending: list[str] = []
+        self._partial = False  # the last write stopped inside a line
 
     def msg(self, line: str) -> None:
         self._pending.append(line)
@@ -65,20 +66,29 @@ class _LineFile:
         self._pending.clear()
 
     def write_pending(self) -> int:
-        """Write the collected lines; return how many could not be written (disk full...)."""
+        """Write the collected lines; return how many could not be written whole (disk full...).
+
+        A write that stops inside a line (a short write, then an error) leaves that line
+        partial: the next write starts on a new line, so the partial line stays one bad line
+        that ``dualrun report`` skips and names, and lines written later are whole."""
         if not self._pending:
             return 0
         lines = len(self._pending)
         data = ("\n".join(self._pending) + "\n").encode()
         self._pending.clear()
+        start = 0
+        if self._partial:
+            data, start = b"\n" + data, 1
         view = memoryview(data)
+        done = 0
         try:
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            while done < len(data):
+                done += os.write(self._fd, view[done:])
         except OSError:
-            return lines
-        return 0
+            pass
+        if done:
+            self._partial = data[done - 1] != ord("\n")
+        return lines - data.count(b"\n", start, done)
 
     def close(self) -> int:
         lost = self.write_pending()

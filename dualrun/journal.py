@@ -14,6 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from dualrun.counters import Counter, peek
 from dualrun.eventlog import EventLog, at_exit
 from dualrun.recorder import Observation, RouteAggregate
 
@@ -28,7 +29,7 @@ class Journal:
         self._dispatcher = dispatcher
         self.log = log
         self._last: dict[str, RouteAggregate] = {}
-        self._last_calls: dict[str, list[int]] = {}
+        self._last_calls: dict[str, list[tuple[Counter, int]]] = {}
         self._last_dropped = 0
         self._summary_lock = threading.Lock()
         self._last_policy_errors = 0
@@ -85,15 +86,17 @@ class Journal:
         # around it; the baselines move on only once the summary is in the queue.
         dispatcher = self._dispatcher
         recorder = dispatcher.recorder
-        calls = {name: route.call_counts() for name, route in dispatcher.routes.items()}
+        tallies = {name: route.tally() for name, route in dispatcher.routes.items()}
         dropped = self.log.dropped_count()
         policy_errors = dispatcher.policy_error_count()
         current = recorder.copy_unlocked()
         routes: dict[str, Any] = {}
-        for name in sorted(set(current) | set(calls)):
+        baselines: dict[str, list[tuple[Counter, int]]] = {}
+        for name in sorted(set(current) | set(tallies)):
             entry: dict[str, Any] = {}
-            before = self._last_calls.get(name, [0, 0, 0])
-            added = [now - then for now, then in zip(calls.get(name, before), before, strict=True)]
+            added, baselines[name] = _calls_since(
+                tallies.get(name, []), self._last_calls.get(name, [])
+            )
             if any(added):
                 entry["calls"] = {"old": added[0], "new": added[1]}
                 entry["crossings"] = added[2]
@@ -121,7 +124,7 @@ class Journal:
         if written:  # a summary the queue refused is taken again, whole, next time
             self._since = now
             self._last = current
-            self._last_calls = calls
+            self._last_calls = baselines
             self._last_dropped = dropped
             self._last_policy_errors = policy_errors
 
@@ -143,10 +146,31 @@ class Journal:
             self._summarize_locked(force=True)
             dispatcher.recorder.reset_unlocked()
             self._last = {}
-            self._last_calls = {name: r.call_counts() for name, r in dispatcher.routes.items()}
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Flush (so the final summary finds room in the queue), a final summary, close."""
         self.log.flush(timeout)
         self.summarize(force=True)
         self.log.close(timeout)
+
+
+def _calls_since(
+    tally: list[tuple[Counter, int]], last: list[tuple[Counter, int]]
+) -> tuple[list[int], list[tuple[Counter, int]]]:
+    """Calls counted since ``last``, per counter, and the baseline for the next summary.
+
+    A counter that a swap replaced gives its calls since ``last`` (the calls of the previous
+    candidate); the counter that replaced it is counted from zero in the next summary, so each
+    candidate's calls go into the summaries of its own time."""
+    if not last:
+        return [value for _, value in tally], tally
+    added: list[int] = []
+    baseline: list[tuple[Counter, int]] = []
+    for (counter, value), (previous, then) in zip(tally, last, strict=True):
+        if counter is previous:
+            added.append(value - then)
+            baseline.append((counter, value))
+        else:
+            added.append(peek(previous) - then)
+            baseline.append((counter, 0))
+    return added, baseline

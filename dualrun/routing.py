@@ -60,6 +60,7 @@ class Route:
         self.entered: dict[Label, Counter] = {}
         self.left: dict[Label, Counter] = {}
         self.slots: dict[Label, Slot] = {}
+        self._call_base: dict[Label, int] = {}  # calls before the statistics last restarted
         # Shadow runs count apart: they are in flight in their version but serve no caller.
         self.shadow_slots: dict[Label, Slot] = {}
         self._shadow_counters: dict[Label, tuple[Counter, Counter]] = {}
@@ -92,6 +93,7 @@ class Route:
         shadow = (new_counter(), new_counter())
         self.found[label] = found
         self.entered[label], self.left[label] = entered, left
+        self._call_base[label] = 0
         self._shadow_counters[label] = shadow
         self._prefixes[label] = prefix + "."
         self.shadow_slots[label] = (found.value, *shadow)
@@ -127,11 +129,21 @@ class Route:
     # -- what the report reads -------------------------------------------------------------
 
     def calls(self, label: Label) -> int:
-        return peek(self.entered[label])
+        """Calls served by the version bound to ``label`` since the statistics restarted."""
+        return peek(self.entered[label]) - self._call_base[label]
 
-    def call_counts(self) -> list[int]:
-        """[calls served by old, by new, crossings]: what summaries and reports count."""
-        return [self.calls("old"), self.calls("new"), peek(self.crossings)]
+    def restart_counts(self) -> None:
+        """Count calls from zero for the report (a swap restarts the statistics); the
+        counters themselves go on, as calls in flight still count themselves out."""
+        for label in ("old", "new"):
+            self._call_base[label] = peek(self.entered[label])
+
+    def tally(self) -> list[tuple[Counter, int]]:
+        """The raw counters of calls served by old, by new, and of crossings, with their values:
+        a summary takes the calls since the previous one per counter, so calls counted by a
+        binding that a swap replaced are not lost, nor counted twice."""
+        counters = (self.entered["old"], self.entered["new"], self.crossings)
+        return [(counter, peek(counter)) for counter in counters]
 
     def in_flight(self, label: Label) -> int:
         """Calls running in the version bound to ``label`` now, serving callers or as shadows."""

@@ -10,7 +10,10 @@ and never reaches the caller nor stops a thread. Each test here failed on the co
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
+import os
 import threading
 import time
 import types
@@ -19,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lifecycle_helpers import Bench
 from shadow_helpers import Lab, route_report
 
 import dualrun
+from dualrun import eventlog
 from dualrun import shadow as shadow_module
-from dualrun.eventlog import EventLog
+from dualrun.eventlog import EventLog, _LineFile
 
 
 @pytest.fixture
@@ -322,3 +327,187 @@ def test_flush_and_close_do_not_wait_for_a_writer_that_is_gone(tmp_path: Path) -
     assert log.flush(timeout=None) is False
     log.close(timeout=None)
     assert time.monotonic() - started < 1
+
+
+# -- 13. a swap's summaries: exact call counts per candidate ----------------------------------
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Iterator[Bench]:
+    bench = Bench(tmp_path)
+    yield bench
+    bench.cleanup()
+
+
+def _summed_calls(events: list[dict[str, Any]], route: str) -> dict[str, int]:
+    totals = {"old": 0, "new": 0}
+    for event in events:
+        if event.get("event") == "dualrun.summary" and route in event["routes"]:
+            calls = event["routes"][route].get("calls", {})
+            for label in totals:
+                assert calls.get(label, 0) >= 0, f"a negative count in {event}"
+                totals[label] += calls.get(label, 0)
+    return totals
+
+
+def test_a_swap_writes_each_candidates_calls_exactly_and_restarts_both_counts(
+    bench: Bench, tmp_path: Path
+) -> None:
+    path = tmp_path / "log.jsonl"
+    d = bench.dispatcher(bench.pair("A", "B"), policy=dualrun.Fixed("new"), log=str(path))
+    quote = d.route(bench.target)
+    with dualrun.context(pin="old"):
+        for i in range(10):
+            quote(i)
+    for i in range(50):
+        assert quote(i)[0] == "B"
+    assert d.journal is not None
+    d.journal.summarize()  # a periodic summary between the calls
+    for i in range(45):
+        quote(i)
+    d.swap_candidate(bench.source("C"))
+    for i in range(30):
+        assert quote(i)[0] == "C"
+    with dualrun.context(pin="old"):
+        for i in range(20):
+            quote(i)
+    assert d.report().route(bench.target).calls == {"old": 20, "new": 30}
+    d.close()
+    events = _lines(path)
+    swap = next(i for i, e in enumerate(events) if e["event"] == "dualrun.swap")
+    assert _summed_calls(events[:swap], bench.target) == {"old": 10, "new": 95}
+    assert _summed_calls(events[swap:], bench.target) == {"old": 20, "new": 30}
+
+
+# -- 5. hooks and values raising BaseExceptions ------------------------------------------------
+
+HOOK_BAD = {
+    "SystemExit": SystemExit,
+    "GeneratorExit": GeneratorExit,
+    "KeyboardInterrupt": KeyboardInterrupt,
+}
+
+
+def _raiser(exc: type[BaseException]) -> Any:
+    def hook(*args: Any) -> Any:
+        raise exc("from a hook")
+
+    return hook
+
+
+@pytest.mark.parametrize("bad", sorted(HOOK_BAD))
+@pytest.mark.parametrize("hook", ["compare", "clean", "copy", "exception_key", "redact"])
+@pytest.mark.parametrize("mode", ["inline", "background"])
+def test_a_hook_raising_a_base_exception_never_reaches_the_caller(
+    lab: Lab, bad: str, hook: str, mode: str
+) -> None:
+    if hook == "exception_key":  # called when both versions raise
+        versions = lab.pair(
+            "def f(x):\n    raise ValueError('old')\n", "def f(x):\n    raise ValueError('new')\n"
+        )
+    else:
+        versions = lab.pair("def f(x):\n    return [x]\n", "def f(x):\n    return [x + 1]\n")
+    shadow = dualrun.Shadow(mode=mode, **{hook: _raiser(HOOK_BAD[bad])})
+    d = lab.dispatcher(versions, shadow=shadow)
+    f = d.route(lab.target("f"))
+    for i in range(6):
+        if hook == "exception_key":
+            with pytest.raises(ValueError, match="old"):
+                f(i)
+        else:
+            assert f(i) == [i]
+    assert d.flush(5)
+    report = route_report(d, lab.target("f"))
+    assert report.comparisons + report.internal_errors + report.skipped == 6, report
+    assert report.comparisons == 0  # every run ended in the hook
+    # The shadow keeps working once the hook behaves.
+    d.shadow = dualrun.Shadow(mode=mode)
+    with contextlib.suppress(ValueError):
+        f(1)
+    assert d.flush(5)
+    assert route_report(d, lab.target("f")).comparisons == 1
+
+
+def test_inline_timeout_helpers_survive_a_keyboard_interrupt_in_the_shadow(lab: Lab) -> None:
+    versions = lab.pair(
+        "def f(x):\n    return x\n",
+        "def f(x):\n    if x < 5:\n        raise KeyboardInterrupt\n    return x\n",
+    )
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow(timeout=5.0, workers=2))
+    f = d.route(lab.target("f"))
+    assert [f(i) for i in range(15)] == list(range(15))
+    report = route_report(d, lab.target("f"))
+    assert (report.timeouts, report.comparisons, report.matches) == (0, 15, 10)
+
+
+# -- 7. a full disk: whole lines after a short write, an exact count of lost lines ------------
+
+
+class FullDisk:
+    """Stands in for the ``os`` module: ``write`` follows a script, the rest is ``os``'s.
+
+    Each script entry is a number of bytes to write (a short write) or ``None`` for ENOSPC;
+    once the script is used up, writes go through."""
+
+    def __init__(self, script: list[int | None]) -> None:
+        self.script = script
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: Any) -> int:
+        if not self.script:
+            return os.write(fd, data)
+        step = self.script.pop(0)
+        if step is None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, bytes(data[:step]))
+
+
+LINES = [json.dumps({"n": n, "pad": "x" * 20}) for n in range(5)]
+
+
+@pytest.mark.parametrize(
+    ("whole", "extra"),
+    [(0, 0), (0, 10), (2, 0), (2, 10), (4, 30)],
+    ids=["nothing", "part-of-1", "2-lines", "2-lines-and-part", "4-lines-and-part"],
+)
+def test_after_a_short_write_the_next_lines_start_on_a_new_line_and_the_loss_is_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, whole: int, extra: int
+) -> None:
+    path = tmp_path / "log.jsonl"
+    sink = _LineFile(path)
+    written = sum(len(line) + 1 for line in LINES[:whole]) + extra
+    # A short write, then the disk is full.
+    monkeypatch.setattr(eventlog, "os", FullDisk([written, None]))
+    for line in LINES:
+        sink.msg(line)
+    assert sink.write_pending() == len(LINES) - whole
+    for n in range(5, 8):
+        sink.msg(json.dumps({"n": n}))
+    assert sink.write_pending() == 0
+    assert sink.close() == 0
+    good, bad = [], []
+    for line in path.read_text().splitlines():
+        try:
+            good.append(json.loads(line)["n"])
+        except ValueError:
+            bad.append(line)
+    assert good == [*range(whole), 5, 6, 7]
+    assert len(bad) == (1 if extra else 0)
+
+
+def test_lines_the_disk_refused_are_counted_as_dropped_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = EventLog(tmp_path / "log.jsonl")
+    log.emit("first")
+    assert log.flush(5)
+    monkeypatch.setattr(eventlog, "os", FullDisk([None]))
+    log.emit("lost")
+    assert log.flush(5)
+    log.emit("after")
+    log.close(5)
+    assert log.dropped_count() == 1
+    kinds = [e["event"] for e in _lines(tmp_path / "log.jsonl")]
+    assert kinds == ["first", "after"]
