@@ -3,7 +3,12 @@
 from dualrun.compare import Difference
 from dualrun.context import RequestContext, context, current
 from dualrun.dispatcher import Dispatcher
-from dualrun.errors import DualrunWarning, TargetNotFoundError, VersionLoadError
+from dualrun.errors import (
+    DualrunWarning,
+    TargetNotFoundError,
+    VersionLoadError,
+    VersionModuleNotFoundError,
+)
 from dualrun.eventlog import EventLog
 from dualrun.gate import Decision, Gate
 from dualrun.intercept import Interception
@@ -36,6 +41,7 @@ __all__ = [
     "TargetNotFoundError",
     "Version",
     "VersionLoadError",
+    "VersionModuleNotFoundError",
     "VersionPair",
     "context",
     "current",

@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from dualrun.loading import PREFIX_ROOT
+from dualrun.loading import strip_versions
 
 KINDS = ("value", "type", "missing", "extra", "length", "order", "exception", "uncomparable")
 REPR_LIMIT = 120
 MAX_DIFFERENCES = 50  # per comparison: enough to read, bounded in cost
 MAX_PAIRING = 200  # unmatched set members / dict keys paired by value, at most this many a side
 
-_PREFIX = re.compile(re.escape(PREFIX_ROOT) + r"\d+\.")
 _ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
 _INDEX = re.compile(r"\[\d+\]")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -65,15 +64,6 @@ class Difference:
 def generalize(path: str) -> str:
     """``$.items[3].price`` -> ``$.items[*].price``."""
     return _INDEX.sub("[*]", path)
-
-
-def strip_versions(text: str) -> str:
-    """``text`` with the versions' private module prefixes removed (``_dualrun_3.pkg`` -> ``pkg``).
-
-    Messages, reprs, type names and tracebacks pass through here both where they are compared
-    and where they are shown, so the two versions' texts agree exactly when their code's do.
-    """
-    return _PREFIX.sub("", text) if PREFIX_ROOT in text else text
 
 
 def _full_repr(value: object) -> tuple[str, bool]:

@@ -297,8 +297,8 @@ class Dispatcher:
                     source=str(source),
                     error=describe(exc),
                 )
-                if isinstance(exc, TargetNotFoundError):
-                    raise
+                if isinstance(exc, TargetNotFoundError | VersionLoadError):
+                    raise  # a VersionLoadError names the candidate's module that failed
                 # Importing a routed module of the candidate failed: a load failure too.
                 raise VersionLoadError(
                     "new",

@@ -18,42 +18,104 @@ import importlib.machinery
 import importlib.resources
 import importlib.util
 import itertools
+import pkgutil
+import re
 import sys
 import threading
 import types
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from dualrun.errors import DualrunWarning, VersionLoadError
+from dualrun.errors import DualrunWarning, VersionLoadError, VersionModuleNotFoundError
 from dualrun.sources import materialize
 from dualrun.targets import parse_target, walk
 
 Label = Literal["old", "new"]
 LABELS: tuple[Label, Label] = ("old", "new")
 PREFIX_ROOT = "_dualrun_"
+_PREFIX = re.compile(re.escape(PREFIX_ROOT) + r"\d+\.")
 
 _ids = itertools.count(1)
 _meta_path_lock = threading.Lock()
 _real_import = builtins.__import__
 
 
+def strip_versions(text: str) -> str:
+    """``text`` without the versions' private module prefixes (``_dualrun_3.pkg`` -> ``pkg``).
+
+    Messages, reprs, type names and tracebacks pass through here both where they are compared
+    and where they are shown, so the two versions' texts agree exactly when their code's do.
+    """
+    return _PREFIX.sub("", text) if PREFIX_ROOT in text else text
+
+
+Failed = Callable[[Exception, str], VersionLoadError]
+
+
+def _failed(label: str, source: str) -> Failed:
+    """Turns an exception raised while importing a version's module into a VersionLoadError."""
+
+    def failed(exc: Exception, module: str) -> VersionLoadError:
+        module = strip_versions(module)
+        try:
+            message = strip_versions(str(exc))
+        except Exception:
+            message = "<the message could not be made>"
+        cause = f"importing {module} raised {type(exc).__name__}: {message}"
+        kind = (
+            VersionModuleNotFoundError if isinstance(exc, ModuleNotFoundError) else VersionLoadError
+        )
+        error = kind(label, source, cause, module=module)
+        if isinstance(exc, ImportError):  # what code that catches it may look at
+            error.name = None if exc.name is None else strip_versions(exc.name)
+            error.path = exc.path
+        error.__cause__ = exc
+        return error
+
+    return failed
+
+
+def _guard(failed: Failed, module: str, prefix: str, exc: Exception) -> VersionLoadError | None:
+    """The error to raise instead of ``exc``, or None to let it pass.
+
+    Errors raised while a version module executes are converted where it executes; here only
+    a version module that does not exist is: ``exc`` names it under the version's prefix.
+    """
+    if isinstance(exc, VersionLoadError):
+        return None
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").startswith(prefix + "."):
+        return failed(exc, module)
+    return None
+
+
 class _VersionLoader:
     """Delegates to the real loader, but runs the module with the version's builtins."""
 
-    def __init__(self, inner: Any, version_builtins: dict[str, Any]) -> None:
+    def __init__(self, inner: Any, version_builtins: dict[str, Any], failed: Failed) -> None:
         self._inner = inner
         self._builtins = version_builtins
+        self._failed = failed
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
-        created: types.ModuleType | None = self._inner.create_module(spec)
+        try:
+            created: types.ModuleType | None = self._inner.create_module(spec)
+        except VersionLoadError:
+            raise
+        except Exception as exc:  # a C extension's init, say
+            raise self._failed(exc, spec.name) from exc
         return created
 
     def exec_module(self, module: types.ModuleType) -> None:
         module.__dict__["__builtins__"] = self._builtins
-        self._inner.exec_module(module)
+        try:
+            self._inner.exec_module(module)
+        except VersionLoadError:
+            raise  # a module it imports failed: that one is named
+        except Exception as exc:
+            raise self._failed(exc, module.__name__) from exc
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_resource_reader, is_package...
         return getattr(self._inner, name)
@@ -62,12 +124,15 @@ class _VersionLoader:
 class _VersionFinder:
     """Finds ``<prefix>.<top>...`` modules in the version's directory, and nothing else."""
 
-    def __init__(self, prefix: str, root: Path, tops: frozenset[str], namespace: Any) -> None:
+    def __init__(
+        self, prefix: str, root: Path, tops: frozenset[str], namespace: Any, failed: Failed
+    ) -> None:
         self.prefix = prefix
         self._dotted = prefix + "."
         self._root = [str(root)]
         self._tops = tops
         self._builtins = namespace
+        self._failed = failed
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: object = None
@@ -83,7 +148,8 @@ class _VersionFinder:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, search)
         if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = cast(importlib.abc.Loader, _VersionLoader(spec.loader, self._builtins))
+            loader = _VersionLoader(spec.loader, self._builtins, self._failed)
+            spec.loader = cast(importlib.abc.Loader, loader)
         return spec
 
     def invalidate_caches(self) -> None:
@@ -97,8 +163,12 @@ def _proxy(module: types.ModuleType, **overrides: Any) -> types.ModuleType:
     return proxy
 
 
-def _version_builtins(prefix: str, tops: frozenset[str]) -> dict[str, Any]:
-    """A copy of the builtins whose ``__import__`` sends the version's names to ``prefix``."""
+def _version_builtins(prefix: str, tops: frozenset[str], failed: Failed) -> dict[str, Any]:
+    """A copy of the builtins whose ``__import__`` sends the version's names to ``prefix``.
+
+    A version module that does not exist raises a VersionModuleNotFoundError naming the version
+    (still a ModuleNotFoundError, for code that guards optional imports).
+    """
 
     def version_import(
         name: str,
@@ -110,14 +180,26 @@ def _version_builtins(prefix: str, tops: frozenset[str]) -> dict[str, Any]:
         if level == 0:
             top = name.partition(".")[0]
             if top in tops:
-                module = _real_import(f"{prefix}.{name}", globals, locals, fromlist, 0)
+                try:
+                    module = _real_import(f"{prefix}.{name}", globals, locals, fromlist, 0)
+                except Exception as exc:
+                    error = _guard(failed, getattr(exc, "name", None) or name, prefix, exc)
+                    if error is None:
+                        raise
+                    raise error from exc
                 return module if fromlist else sys.modules[f"{prefix}.{top}"]
             if top == "importlib":
                 module = _real_import(name, globals, locals, fromlist, 0)
                 if not fromlist:
                     return proxies["importlib"]
                 return proxies.get(name, module)
-        return _real_import(name, globals, locals, fromlist, level)
+        try:
+            return _real_import(name, globals, locals, fromlist, level)
+        except Exception as exc:
+            error = _guard(failed, getattr(exc, "name", None) or name, prefix, exc)
+            if error is None:
+                raise
+            raise error from exc
 
     def mapped(name: Any) -> Any:
         if isinstance(name, str) and not name.startswith(".") and name.partition(".")[0] in tops:
@@ -125,7 +207,13 @@ def _version_builtins(prefix: str, tops: frozenset[str]) -> dict[str, Any]:
         return name
 
     def import_module(name: str, package: str | None = None) -> types.ModuleType:
-        return importlib.import_module(mapped(name), package)
+        try:
+            return importlib.import_module(mapped(name), package)
+        except Exception as exc:
+            error = _guard(failed, getattr(exc, "name", None) or name, prefix, exc)
+            if error is None:
+                raise
+            raise error from exc
 
     def find_spec(name: str, package: str | None = None) -> Any:
         return importlib.util.find_spec(mapped(name), package)
@@ -162,9 +250,9 @@ class Version:
         self.tops = tops
         self.prefix = f"{PREFIX_ROOT}{next(_ids)}"
         self.extension_modules: tuple[str, ...] = ()
-        self._finder = _VersionFinder(
-            self.prefix, root, frozenset(tops), _version_builtins(self.prefix, frozenset(tops))
-        )
+        self._failed = _failed(label, source)
+        namespace = _version_builtins(self.prefix, frozenset(tops), self._failed)
+        self._finder = _VersionFinder(self.prefix, root, frozenset(tops), namespace, self._failed)
         self._loaded = False
         self.module: types.ModuleType = types.ModuleType(self.prefix)
 
@@ -197,10 +285,37 @@ class Version:
         return f"{self.prefix}.{name}"
 
     def import_module(self, name: str) -> types.ModuleType:
-        """Import the version's module ``name`` (e.g. ``"pricing.rules"``) and return it."""
+        """Import the version's module ``name`` (e.g. ``"pricing.rules"``) and return it.
+
+        A module that is missing or fails while it executes raises VersionLoadError naming the
+        version, its source and the module, chained to the cause.
+        """
         if not self._loaded:
             raise RuntimeError(f"the {self.label!r} version ({self.source}) has been unloaded")
-        return importlib.import_module(self.alias(name))
+        alias = self.alias(name)
+        try:
+            return importlib.import_module(alias)
+        except Exception as exc:
+            error = _guard(self._failed, getattr(exc, "name", None) or alias, self.prefix, exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    def submodules(self) -> list[str]:
+        """Every module the version's packages contain (``__main__`` modules left out)."""
+        found: list[str] = []
+        for top in self.tops:
+            path = getattr(self.import_module(top), "__path__", None)
+            if path is not None:
+                found += _walk_modules([str(p) for p in path], f"{top}.")
+        return found
+
+    def preload(self, modules: Iterable[str] | bool = True) -> None:
+        """Import ``modules`` (``True``: every module of the version) now, to refuse a broken
+        version before it serves."""
+        names = self.submodules() if modules is True else list(modules or ())
+        for name in names:
+            self.import_module(name)
 
     def resolve(self, target: str) -> Any:
         """The object at ``"pkg.sub:Qual.name"`` in this version."""
@@ -233,6 +348,20 @@ class Version:
             for key in [k for k in sys.path_importer_cache if k.startswith(str(self.root))]:
                 sys.path_importer_cache.pop(key, None)
         self._loaded = False
+
+
+def _walk_modules(path: list[str], prefix: str) -> list[str]:
+    """Module names found under ``path`` (without importing anything), depth first."""
+    found: list[str] = []
+    for info in pkgutil.iter_modules(path):
+        if info.name == "__main__":  # running it would run the package's command line
+            continue
+        found.append(prefix + info.name)
+        if info.ispkg:
+            found += _walk_modules(
+                [str(Path(p) / info.name) for p in path], f"{prefix}{info.name}."
+            )
+    return found
 
 
 @dataclass(frozen=True)
@@ -313,14 +442,44 @@ def _extension_files(root: Path, tops: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(set(found)))
 
 
+Preload = bool | Iterable[str]
+
+
+def _check_preload(preload: object, tops: tuple[str, ...]) -> bool | tuple[str, ...]:
+    if isinstance(preload, bool):
+        return preload
+    if preload is None:
+        return False
+    if isinstance(preload, str | bytes) or not isinstance(preload, Iterable):
+        raise ValueError(
+            f"preload is True (every module of the version), False, or a list of module names "
+            f"such as ['pricing.rules'], got {preload!r}"
+        )
+    names = tuple(preload)
+    for module in names:
+        if not isinstance(module, str) or not all(p.isidentifier() for p in module.split(".")):
+            raise ValueError(f"preload lists dotted module names, got {module!r}")
+        if module.partition(".")[0] not in tops:
+            raise ValueError(
+                f"preload names {module!r}, which is not part of the version; its top-level "
+                f"names are {', '.join(tops)} (pass packages=... to load() to add more)"
+            )
+    return names
+
+
 def load_version(
-    label: Label, name: str, source: str, packages: Iterable[str] | None = None
+    label: Label,
+    name: str,
+    source: str,
+    packages: Iterable[str] | None = None,
+    preload: Preload = False,
 ) -> Version:
     """Load one version of ``name`` from ``source``; see :func:`load`."""
     if label not in LABELS:
         raise ValueError(f"a version label is 'old' or 'new', got {label!r}")
     name = _check_name(name)
     tops = _check_packages(name, packages)
+    modules = _check_preload(preload, tops)
     source_text = str(source)
     root = _locate(label, source_text, materialize(label, source_text), tops)
     version = Version(label, source_text, root, name, tops)
@@ -339,9 +498,11 @@ def load_version(
             version.import_module(top)
         version.import_module(name)
         version.module = sys.modules[version.alias(tops[0])]
+        if modules:
+            version.preload(modules)
     except BaseException as exc:
         version.unload()
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
+        if isinstance(exc, KeyboardInterrupt | SystemExit | VersionLoadError):
             raise
         raise VersionLoadError(
             label, source_text, f"executing the version's code raised {type(exc).__name__}: {exc}"
@@ -349,17 +510,26 @@ def load_version(
     return version
 
 
-def load(name: str, old: str, new: str, packages: Iterable[str] | None = None) -> VersionPair:
+def load(
+    name: str,
+    old: str,
+    new: str,
+    packages: Iterable[str] | None = None,
+    preload: Preload = False,
+) -> VersionPair:
     """Load the old and the new version of ``name`` side by side.
 
     ``old`` and ``new`` are each a directory that contains the package or module, a wheel or
     zip file, or ``git:REV`` / ``git:REPO_PATH@REV``. ``packages`` names further top-level
-    modules that ship with the version. A failed load leaves nothing behind.
+    modules that ship with the version. ``preload=True`` imports every module of both versions
+    now (a list imports those named), so that a version that fails to import is refused here
+    rather than at its first call. A failed load leaves nothing behind.
     """
     packages = None if packages is None else _check_packages(_check_name(name), packages)
-    old_version = load_version("old", name, old, packages)
+    preload = _check_preload(preload, _check_packages(_check_name(name), packages))
+    old_version = load_version("old", name, old, packages, preload)
     try:
-        new_version = load_version("new", name, new, packages)
+        new_version = load_version("new", name, new, packages, preload)
     except BaseException:
         old_version.unload()
         raise

@@ -79,6 +79,11 @@ def find(version: Version, target: str) -> Found:
     try:
         module = version.import_module(module_name)
     except ModuleNotFoundError as exc:
+        # The target's module itself is missing: no such target. A module it imports that is
+        # missing is a broken version: the VersionLoadError naming it propagates.
+        parts = module_name.split(".")
+        if exc.name not in {".".join(parts[: i + 1]) for i in range(len(parts))}:
+            raise
         raise TargetNotFoundError(f"{describe}: {exc}") from exc
     owner, value, name = walk(module, qualname, describe)
     if not callable(value):
