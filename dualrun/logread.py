@@ -17,13 +17,15 @@ line is described in its words.
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import json
+import json.scanner
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from dualrun.eventlog import SCHEMA
 from dualrun.recorder import Observation, RouteAggregate, read_time
@@ -47,15 +49,21 @@ class _Pending(NamedTuple):
     data: bytes | dict[str, Any]  # the line, or the event when it was given, not read
 
 
-_decode_text = json.JSONDecoder().decode
+_scan: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
+    json.JSONDecoder()  # type: ignore[arg-type]
+)
 
 
 def _parse(raw: bytes) -> Any:
     """``json.loads(raw)``, a little faster for the usual line; its result or its error."""
     try:
-        return _decode_text(raw.decode("utf-8", "surrogatepass"))
+        text = raw.decode("utf-8", "surrogatepass")
+        value, end = _scan(text, 0)
+        if end == len(text) or text[end:].isspace():
+            return value
     except Exception:
-        return json.loads(raw)  # the byte-order mark, and the exact error for a bad line
+        pass
+    return json.loads(raw)  # its result, or the exact error for a bad line
 
 
 def _valid_text(raw: bytes) -> bool:
@@ -111,7 +119,7 @@ class _Decoders:
 
 
 def _head_type() -> Any:
-    class Head(msgspec.Struct):
+    class Head(msgspec.Struct, gc=False):
         schema: Any = None
         event: Any = None
         run: Any = None
@@ -131,11 +139,26 @@ class _Run:
 
     covered: int = 0
     pending: list[_Pending] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)  # the pending seqs, ascending while ordered
+    ordered: bool = True
+
+    def add(self, pending: _Pending) -> None:
+        if self.seqs and pending.seq < self.seqs[-1]:
+            self.ordered = False
+        self.pending.append(pending)
+        self.seqs.append(pending.seq)
 
     def cover(self, seq: int) -> None:
-        if seq > self.covered:
-            self.covered = seq
+        if seq <= self.covered:
+            return
+        self.covered = seq
+        if self.ordered:  # one file of one run: its divergences come in order
+            cut = bisect.bisect_right(self.seqs, seq)
+            del self.pending[:cut], self.seqs[:cut]
+        else:
             self.pending = [p for p in self.pending if p.seq > seq]
+            self.seqs = [p.seq for p in self.pending]
+            self.ordered = self.seqs == sorted(self.seqs)
 
 
 @dataclass
@@ -194,25 +217,18 @@ def parse_time(text: str) -> float:
     return moment.timestamp()
 
 
-def _raw_lines(paths: Iterable[str], problem: Problem) -> Iterator[tuple[str, int, bytes]]:
-    """(file, line number, bytes) for every line of every file that is not blank."""
+def _files(paths: Iterable[str], problem: Problem) -> Iterator[tuple[str, BinaryIO]]:
+    """(path, open file) for every path that can be read; the others are named."""
     for path in paths:
         if os.path.isdir(path):
             problem(f"{path}: is a directory, not a log file; skipped")
             continue
         try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed below, whatever happens
+            handle = open(path, "rb")  # noqa: SIM115 - the caller closes it
         except OSError as exc:
             problem(f"{path}: cannot open ({exc.strerror or exc}); skipped")
             continue
-        with handle:
-            count = 0
-            for number, raw in enumerate(handle, start=1):
-                count = number
-                if not raw.isspace():
-                    yield path, number, raw
-            if count == 0:
-                problem(f"{path}: empty file, no events")
+        yield path, handle
 
 
 class LogReader:
@@ -250,26 +266,51 @@ class LogReader:
             self._problem(message)
 
         head, runs, totals = self._decoders.head, self._runs, self.totals
-        for path, number, raw in _raw_lines(paths, problem):
-            # The usual line, a divergence, is only kept raw: a later summary may cover it.
-            h = None if head is None else head(raw)
-            if h is not None:
-                totals.events += 1
-                run = runs.get(h.run)
-                if run is None:
-                    run = runs[h.run] = _Run()
-                if h.seq > run.covered:
-                    run.pending.append(_Pending(h.seq, path, number, raw))
-                continue
-            event = self._event(path, number, raw, problem)
-            if event is None:
-                continue
-            try:
-                self.apply(event, (path, number, raw))
-            except Exception as exc:  # whatever a line holds, it is named and skipped
-                kind = event.get("event")
-                what = repr(kind) if isinstance(kind, str) else "an"
-                problem(f"{path}:{number}: malformed {what[:80]} event skipped ({_why(exc)})")
+        for path, handle in _files(paths, problem):
+            with handle:
+                number = 0
+                for number, raw in enumerate(handle, start=1):
+                    # The usual line, a divergence, is only kept raw: a later summary may cover
+                    # it. This is the loop every byte of a log goes through.
+                    if head is not None:
+                        h = head(raw)
+                        if h is not None:
+                            totals.events += 1
+                            run = runs.get(h.run)
+                            if run is None:
+                                run = runs[h.run] = _Run()
+                            if h.seq > run.covered:
+                                run.add(_Pending(h.seq, path, number, raw))
+                            continue
+                    if raw.isspace():
+                        continue
+                    event = self._event(path, number, raw, problem)
+                    if event is None:
+                        continue
+                    seq, run_id = event.get("seq"), event.get("run")
+                    if (  # a divergence, as above, read by the standard library
+                        event.get("event") == "dualrun.divergence"
+                        and type(seq) is int
+                        and -(2**63) < seq < 2**63  # as _whole() checks it
+                        and type(run_id) is str
+                    ):
+                        totals.events += 1
+                        run = runs.get(run_id)
+                        if run is None:
+                            run = runs[run_id] = _Run()
+                        if seq > run.covered:
+                            run.add(_Pending(seq, path, number, raw))
+                        continue
+                    try:
+                        self.apply(event, (path, number, raw))
+                    except Exception as exc:  # whatever a line holds, it is named and skipped
+                        kind = event.get("event")
+                        what = repr(kind) if isinstance(kind, str) else "an"
+                        problem(
+                            f"{path}:{number}: malformed {what[:80]} event skipped ({_why(exc)})"
+                        )
+                if number == 0:
+                    problem(f"{path}: empty file, no events")
         for run in runs.values():  # divergences after a run's last summary (it died)
             for pending in run.pending:
                 self._observe(pending, problem)
@@ -323,10 +364,13 @@ class LogReader:
         self.totals.events += 1
         if kind == "dualrun.divergence":
             seq = _whole(event["seq"], "seq")
-            run = self._runs.setdefault(_text(event["run"], "run"), _Run())
+            run_id = _text(event["run"], "run")
+            run = self._runs.get(run_id)
+            if run is None:
+                run = self._runs[run_id] = _Run()
             if seq > run.covered:
                 path, number, data = line if line is not None else ("", 0, event)
-                run.pending.append(_Pending(seq, path, number, data))
+                run.add(_Pending(seq, path, number, data))
         elif kind == "dualrun.summary":
             self._summary(event)
         elif kind in ("dualrun.load", "dualrun.policy", "dualrun.promote", "dualrun.rollback"):
