@@ -4,6 +4,7 @@ from dualrun.compare import Difference
 from dualrun.context import RequestContext, context, current
 from dualrun.dispatcher import Dispatcher
 from dualrun.errors import (
+    ContextRequiredError,
     DualrunWarning,
     TargetNotFoundError,
     VersionLoadError,
@@ -22,6 +23,7 @@ from dualrun.status import LoadedVersion, Status
 
 __all__ = [
     "Canary",
+    "ContextRequiredError",
     "Decision",
     "Difference",
     "Dispatcher",

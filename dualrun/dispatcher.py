@@ -16,7 +16,12 @@ from dualrun import forks
 from dualrun.compare import describe
 from dualrun.context import EMPTY, Label, RequestContext, check_label, other
 from dualrun.counters import new_counter, peek
-from dualrun.errors import DualrunWarning, TargetNotFoundError, VersionLoadError
+from dualrun.errors import (
+    ContextRequiredError,
+    DualrunWarning,
+    TargetNotFoundError,
+    VersionLoadError,
+)
 from dualrun.eventlog import EventLog
 from dualrun.intercept import Interception, function_wrapper, install
 from dualrun.journal import Journal
@@ -24,7 +29,7 @@ from dualrun.lifecycle import Retirement, RetirementRecord
 from dualrun.loading import VersionPair, load_version
 from dualrun.policy import Canary, Fixed, Policy, check_policy
 from dualrun.recorder import Recorder
-from dualrun.report import Report, build_report
+from dualrun.report import Report, route_report
 from dualrun.routing import Route
 from dualrun.shadow import Shadow, ShadowRunner
 from dualrun.sideeffects import in_shadow_run
@@ -73,6 +78,7 @@ class Dispatcher:
         shadow: Shadow | None = None,
         log: str | os.PathLike[str] | EventLog | Any = None,
         migrate: Mapping[tuple[str, str], Callable[[Any], Any]] | None = None,
+        require_context: bool = False,
     ) -> None:
         if not isinstance(versions, VersionPair):
             raise ValueError(
@@ -80,6 +86,9 @@ class Dispatcher:
             )
         self.versions = versions
         self.migrations = check_migrations(migrate)
+        if not isinstance(require_context, bool):
+            raise ValueError(f"require_context is True or False, got {require_context!r}")
+        self._require_context = require_context
         self._lifecycle = threading.RLock()  # promote, rollback, swap, kill: one at a time
         self._retired_label: Label | None = None  # the label whose version was retired
         self._promoted = False  # promote() committed to new (until rollback or the kill switch)
@@ -133,7 +142,9 @@ class Dispatcher:
         # Both fields are read without a lock on the hot path: set the fast path off first.
         self._fixed = None
         self._policy = policy
-        self._fixed = policy.label if type(policy) is Fixed else None
+        # With require_context, no fast path: calls without a context reach _decide, which refuses.
+        fast = type(policy) is Fixed and not self._require_context
+        self._fixed = policy.label if fast and isinstance(policy, Fixed) else None
         self._event("dualrun.policy")
 
     def _event(self, name: str, **fields: Any) -> None:
@@ -432,6 +443,13 @@ class Dispatcher:
 
     def _decide(self, request: RequestContext | None) -> Label:
         if request is None:
+            if self._require_context:
+                raise ContextRequiredError(
+                    "a routed call ran outside any dualrun.context, and this dispatcher was made "
+                    "with require_context=True: run each request inside "
+                    "`with dualrun.context(key=...)` (the web middleware does it), or leave "
+                    "require_context off to let such calls be decided one by one"
+                )
             return self._fixed or self._choose(EMPTY)
         if request.pin is not None and (self._pins_honored or in_shadow_run()):
             return request.pin  # a shadow run's own pin keeps it in its version, always
@@ -588,7 +606,29 @@ class Dispatcher:
 
     def report(self) -> Report:
         """What the dispatcher saw so far, per route: see :class:`dualrun.Report`."""
-        return build_report(self)
+        aggregates = self.recorder.snapshot()
+        routes = self.routes
+        reports = []
+        for name in sorted(set(routes) | set(aggregates)):
+            route = routes.get(name)
+            report = route_report(
+                name,
+                {label: 0 if route is None else route.calls(label) for label in ("old", "new")},
+                0 if route is None else peek(route.crossings),
+                aggregates.get(name),
+                outside_context=0 if route is None else route.outside_calls(),
+            )
+            if route is not None:
+                report.in_flight = {label: route.in_flight(label) for label in ("old", "new")}
+            reports.append(report)
+        return Report(
+            policy=repr(self.policy),
+            routes=reports,
+            policy_errors=self.policy_error_count(),
+            last_policy_error=self.last_policy_error,
+            dropped_events=0 if self.journal is None else self.journal.log.dropped_count(),
+            pending_interceptions=[h.host_target for h in self._interceptions if h.pending],
+        )
 
     def policy_error_count(self) -> int:
         return peek(self.policy_errors)

@@ -33,3 +33,8 @@ class TargetNotFoundError(LookupError):
 
 class DualrunWarning(UserWarning):
     """A limit of in-process versioning that dualrun detected and cannot remove."""
+
+
+class ContextRequiredError(RuntimeError):
+    """A routed call ran outside any ``dualrun.context`` on a dispatcher made with
+    ``require_context=True``: such a call cannot be kept on one version per request."""

@@ -7,7 +7,7 @@ import html
 import json
 from typing import TYPE_CHECKING
 
-from dualrun.render import _latency, _summary, percent
+from dualrun.render import _latency, _summary, pending_interceptions, percent
 
 if TYPE_CHECKING:
     from dualrun.report import Divergence, Report, RouteReport
@@ -154,6 +154,8 @@ def render_html(report: Report, top: int | None = None) -> str:
         )
     if report.dropped_events:
         notes += f"<p>Event-log lines dropped (queue full): {report.dropped_events:,}</p>"
+    if report.pending_interceptions:
+        notes += f"<p class='pending'>{_e(pending_interceptions(report.pending_interceptions))}</p>"
     routes = "".join(_route(i, r, top) for i, r in enumerate(report.routes))
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

@@ -168,6 +168,7 @@ class LogTotals:
     aggregates: dict[str, RouteAggregate] = field(default_factory=dict)
     calls: dict[str, dict[str, int]] = field(default_factory=dict)
     crossings: dict[str, int] = field(default_factory=dict)
+    outside_context: dict[str, int] = field(default_factory=dict)
     policy: str = "unknown"
     dropped_events: int = 0
     policy_errors: int = 0
@@ -190,6 +191,7 @@ class LogTotals:
                     self.calls.get(name, {"old": 0, "new": 0}),
                     self.crossings.get(name, 0),
                     self.aggregates.get(name),
+                    outside_context=self.outside_context.get(name, 0),
                 )
                 for name in names
             ],
@@ -389,7 +391,7 @@ class LogReader:
         routes = event["routes"]
         if not isinstance(routes, dict):
             raise ValueError("routes is an object")
-        parsed: list[tuple[str, dict[str, int] | None, int, RouteAggregate | None]] = []
+        parsed: list[tuple[str, dict[str, int] | None, int, int, RouteAggregate | None]] = []
         for name, entry in routes.items() if inside else ():
             if not self._wanted(name):
                 continue
@@ -404,19 +406,23 @@ class LogReader:
             aggregate = None
             if "aggregate" in entry:
                 aggregate = RouteAggregate.from_dict(entry["aggregate"])
-            parsed.append((name, calls, _whole(entry.get("crossings", 0), "crossings"), aggregate))
+            crossings = _whole(entry.get("crossings", 0), "crossings")
+            outside = _whole(entry.get("outside_context", 0), "outside_context")
+            parsed.append((name, calls, crossings, outside, aggregate))
         self._runs.setdefault(run, _Run()).cover(seq)
         self.totals.policy = policy
         self.totals.dropped_events += dropped
         self.totals.policy_errors += policy_errors
         if policy_errors and last_policy_error is not None:
             self.totals.last_policy_error = str(last_policy_error)
-        for name, calls, crossings, aggregate in parsed:
+        for name, calls, crossings, outside, aggregate in parsed:
             if calls is not None:
                 totals = self.totals.calls.setdefault(name, {"old": 0, "new": 0})
                 for label in ("old", "new"):
                     totals[label] += calls[label]
                 self.totals.crossings[name] = self.totals.crossings.get(name, 0) + crossings
+                outside_totals = self.totals.outside_context
+                outside_totals[name] = outside_totals.get(name, 0) + outside
             if aggregate is not None:
                 self.totals.aggregate(name).merge(aggregate)
 

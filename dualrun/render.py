@@ -73,6 +73,8 @@ def _summary(route: RouteReport) -> list[tuple[str, str]]:
         rows.append(
             ("crossings", f"{route.crossings:,} method calls ran in their object's version")
         )
+    if route.outside_context:
+        rows.append(("outside context", outside_context(route.outside_context)))
     if route.comparisons or route.timeouts or route.dropped or route.skipped:
         rows.append(
             (
@@ -110,6 +112,23 @@ def _summary(route: RouteReport) -> list[tuple[str, str]]:
     return rows
 
 
+OUTSIDE_CONTEXT = (
+    "calls made outside any dualrun.context, each decided on its own: one user's calls may "
+    "reach both versions (wrap requests in dualrun.context(key=...), or "
+    "Dispatcher(require_context=True) to make this an error)"
+)
+PENDING_INTERCEPTIONS = "not routed yet: their host module is not imported"
+
+
+def outside_context(count: int) -> str:
+    """The report's line for calls made outside any context, with what it means."""
+    return f"{count:,} {OUTSIDE_CONTEXT}"
+
+
+def pending_interceptions(targets: list[str]) -> str:
+    return f"pending interceptions ({PENDING_INTERCEPTIONS}): {', '.join(targets)}"
+
+
 def _latency(route: RouteReport, name: str) -> str:
     old, new = route.latency_ns["old"][name], route.latency_ns["new"][name]
     return f"{name} old {duration(old)} new {duration(new)} ({ratio(route.latency_ratio[name])})"
@@ -141,6 +160,8 @@ def render_text(report: Report, top: int | None = None) -> str:
         )
     if report.dropped_events:
         lines.append(f"event-log lines dropped (queue full): {report.dropped_events:,}")
+    if report.pending_interceptions:
+        lines.append(pending_interceptions(report.pending_interceptions))
     for route in report.routes:
         lines += ["", printable(route.route)]
         summary = _summary(route)
@@ -169,6 +190,8 @@ def render_markdown(report: Report, top: int | None = None) -> str:
         ]
     if report.dropped_events:
         lines += ["", f"**Event-log lines dropped (queue full):** {report.dropped_events:,}"]
+    if report.pending_interceptions:
+        lines += ["", f"**{pending_interceptions(report.pending_interceptions)}**"]
     for route in report.routes:
         lines += ["", f"### {_code(route.route)}", "", "| | |", "|---|---|"]
         lines += [f"| {name} | {_md(value)} |" for name, value in _summary(route)]

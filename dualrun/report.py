@@ -10,13 +10,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from dualrun.counters import peek
 from dualrun.recorder import COUNTS, DivergenceGroup, RouteAggregate, bucket_value
-
-if TYPE_CHECKING:
-    from dualrun.dispatcher import Dispatcher
 
 SCHEMA_VERSION = 1
 Z_95 = 1.959963984540054
@@ -53,6 +49,8 @@ class RouteReport:
     calls: dict[str, int] = field(default_factory=lambda: {"old": 0, "new": 0})
     in_flight: dict[str, int] = field(default_factory=lambda: {"old": 0, "new": 0})
     crossings: int = 0  # method calls that ran in their object's version, not the chosen one
+    # calls made outside any dualrun.context: each decided on its own, not sticky per request
+    outside_context: int = 0
     comparisons: int = 0
     matches: int = 0
     mismatches: int = 0
@@ -87,10 +85,16 @@ def _divergences(groups: dict[str, DivergenceGroup], comparisons: int) -> list[D
 
 
 def route_report(
-    route: str, calls: dict[str, int], crossings: int, aggregate: RouteAggregate | None
+    route: str,
+    calls: dict[str, int],
+    crossings: int,
+    aggregate: RouteAggregate | None,
+    outside_context: int = 0,
 ) -> RouteReport:
     """One route's report from its call counts and its comparison aggregate."""
-    report = RouteReport(route=route, calls=dict(calls), crossings=crossings)
+    report = RouteReport(
+        route=route, calls=dict(calls), crossings=crossings, outside_context=outside_context
+    )
     if aggregate is None:
         return report
     for name in COUNTS:  # the aggregate's overflow of signatures is the report's
@@ -128,6 +132,8 @@ class Report:
     policy_errors: int = 0
     last_policy_error: str | None = None
     dropped_events: int = 0  # event-log lines lost to a full queue
+    # intercept() targets whose host module is not imported yet: their callers are not routed
+    pending_interceptions: list[str] = field(default_factory=list)
 
     def route(self, name: str) -> RouteReport:
         for route in self.routes:
@@ -166,29 +172,3 @@ class Report:
         from dualrun.html import render_html
 
         return render_html(self, top)
-
-
-def build_report(dispatcher: Dispatcher) -> Report:
-    """Read the dispatcher's counters and aggregates into a :class:`Report`."""
-    aggregates = dispatcher.recorder.snapshot()
-    routes = dispatcher.routes
-    names = sorted(set(routes) | set(aggregates))
-    reports = []
-    for name in names:
-        route = routes.get(name)
-        calls = {"old": 0, "new": 0}
-        crossings = 0
-        if route is not None:
-            calls = {label: route.calls(label) for label in ("old", "new")}
-            crossings = peek(route.crossings)
-        report = route_report(name, calls, crossings, aggregates.get(name))
-        if route is not None:
-            report.in_flight = {label: route.in_flight(label) for label in ("old", "new")}
-        reports.append(report)
-    return Report(
-        policy=repr(dispatcher.policy),
-        routes=reports,
-        policy_errors=dispatcher.policy_error_count(),
-        last_policy_error=dispatcher.last_policy_error,
-        dropped_events=0 if dispatcher.journal is None else dispatcher.journal.log.dropped_count(),
-    )

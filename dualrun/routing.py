@@ -55,6 +55,8 @@ class Route:
         self.flavour = _flavour(old.value)
         new = self.check(versions.new, "the 'old' version")
         self.crossings = new_counter()  # method calls that followed their object's version
+        self.outside = new_counter()  # calls made outside any dualrun.context
+        self._outside_base = 0
         self.migrations = new_counter()  # values converted by a migration hook
         self.found: dict[Label, Found] = {}
         self.entered: dict[Label, Counter] = {}
@@ -137,12 +139,18 @@ class Route:
         counters themselves go on, as calls in flight still count themselves out."""
         for label in ("old", "new"):
             self._call_base[label] = peek(self.entered[label])
+        self._outside_base = peek(self.outside)
+
+    def outside_calls(self) -> int:
+        """Calls made outside any dualrun.context since the statistics restarted."""
+        return peek(self.outside) - self._outside_base
 
     def tally(self) -> list[tuple[Counter, int]]:
-        """The raw counters of calls served by old, by new, and of crossings, with their values:
+        """The raw counters of calls served by old, by new, of crossings and of calls outside any
+        context, with their values:
         a summary takes the calls since the previous one per counter, so calls counted by a
         binding that a swap replaced are not lost, nor counted twice."""
-        counters = (self.entered["old"], self.entered["new"], self.crossings)
+        counters = (self.entered["old"], self.entered["new"], self.crossings, self.outside)
         return [(counter, peek(counter)) for counter in counters]
 
     def in_flight(self, label: Label) -> int:
@@ -163,6 +171,7 @@ class Route:
         method = self.kind is Kind.METHOD
         prefixes = self._prefixes
         crossings = self.crossings
+        outside = self.outside
         migrations = dispatcher.migrations
         migrated = self.migrations
         slots = self.slots
@@ -192,8 +201,11 @@ class Route:
             """The version, the full arguments, and whether the call may be shadowed."""
             if dispatcher._first_call:
                 dispatcher._first_routed_call()
+            request = get_request()
+            if request is None:
+                next(outside)
             # The label of the version that will really run (an aliased label runs the other).
-            label = serving[decide(get_request())]
+            label = serving[decide(request)]
             if migrations:
                 # A value made by the other version is converted when a hook is registered.
                 args = tuple(migrate(a, label) for a in args)
@@ -229,6 +241,7 @@ class Route:
                 # The decision, inlined: this is the hot path (see Dispatcher._decide).
                 request = get_request()
                 if request is None:
+                    next(outside)
                     label = dispatcher._fixed or decide(None)
                 else:
                     label = (

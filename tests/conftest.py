@@ -41,6 +41,16 @@ def dualrun_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
         yield path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def wrapt_import_hook_finder() -> None:
+    """wrapt puts one import-hook finder on ``sys.meta_path`` per process, the first time a
+    post-import hook is registered (``intercept()`` of a module not imported yet), and leaves it
+    there: install it before the per-test ``sys.meta_path`` check below takes its snapshot."""
+    import wrapt
+
+    wrapt.register_post_import_hook(lambda module: None, "wrapt")  # imported: runs at once
+
+
 @pytest.fixture(autouse=True)
 def no_dualrun_leftovers() -> Iterator[None]:
     """Fail the test that leaves a loaded version behind (and clean up for the next one)."""

@@ -74,12 +74,6 @@ REGISTRY = {{"quote": quote}}
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def wrapt_import_hook_finder() -> None:
-    """Install wrapt's import-hook finder before conftest's per-test ``sys.meta_path`` check."""
-    wrapt.register_post_import_hook(lambda module: None, "wrapt")
-
-
 @pytest.fixture
 def versions(tmp_path: Path) -> Iterator[dualrun.VersionPair]:
     pair = make_pair(tmp_path / "versions")

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import wrapt
 from lifecycle_helpers import ENGINE, Bench, shadow
 
 import dualrun
@@ -24,12 +23,6 @@ def served(quote: Any, x: int = 1, **context: Any) -> str:
     with dualrun.context(**context):
         tag: str = quote(x)[0]
     return tag
-
-
-@pytest.fixture(scope="module", autouse=True)
-def wrapt_import_hook_finder() -> None:
-    """Install wrapt's import-hook finder before conftest's per-test ``sys.meta_path`` check."""
-    wrapt.register_post_import_hook(lambda module: None, "wrapt")
 
 
 @pytest.fixture
