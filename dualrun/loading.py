@@ -15,6 +15,7 @@ import builtins
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.metadata as md
 import importlib.resources
 import importlib.util
 import itertools
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from dualrun._metadata import metadata_module, own_distributions
 from dualrun.errors import DualrunWarning, VersionLoadError, VersionModuleNotFoundError
 from dualrun.sources import materialize
 from dualrun.targets import parse_target, walk
@@ -163,8 +165,11 @@ def _proxy(module: types.ModuleType, **overrides: Any) -> types.ModuleType:
     return proxy
 
 
-def _version_builtins(prefix: str, tops: frozenset[str], failed: Failed) -> dict[str, Any]:
-    """A copy of the builtins whose ``__import__`` sends the version's names to ``prefix``.
+def _version_builtins(
+    prefix: str, tops: frozenset[str], failed: Failed, root: Path
+) -> tuple[dict[str, Any], tuple[md.Distribution, ...]]:
+    """A copy of the builtins whose ``__import__`` sends the version's names to ``prefix``,
+    and the distributions the version ships (what its ``importlib.metadata`` answers first).
 
     A version module that does not exist raises a VersionModuleNotFoundError naming the version
     (still a ModuleNotFoundError, for code that guards optional imports).
@@ -221,9 +226,11 @@ def _version_builtins(prefix: str, tops: frozenset[str], failed: Failed) -> dict
     def files(anchor: Any = None) -> Any:
         return importlib.resources.files(mapped(anchor))
 
+    own = own_distributions(root, sorted(tops), import_module)
     proxies = {
         "importlib.util": _proxy(importlib.util, find_spec=find_spec),
         "importlib.resources": _proxy(importlib.resources, files=files),
+        "importlib.metadata": metadata_module(own),
     }
     proxies["importlib"] = _proxy(
         importlib,
@@ -231,10 +238,11 @@ def _version_builtins(prefix: str, tops: frozenset[str], failed: Failed) -> dict
         __import__=version_import,
         util=proxies["importlib.util"],
         resources=proxies["importlib.resources"],
+        metadata=proxies["importlib.metadata"],
     )
     namespace = dict(builtins.__dict__)
     namespace["__import__"] = version_import
-    return namespace
+    return namespace, own
 
 
 class Version:
@@ -251,7 +259,9 @@ class Version:
         self.prefix = f"{PREFIX_ROOT}{next(_ids)}"
         self.extension_modules: tuple[str, ...] = ()
         self._failed = _failed(label, source)
-        namespace = _version_builtins(self.prefix, frozenset(tops), self._failed)
+        namespace, self.distributions = _version_builtins(
+            self.prefix, frozenset(tops), self._failed, root
+        )
         self._finder = _VersionFinder(self.prefix, root, frozenset(tops), namespace, self._failed)
         self._loaded = False
         self.module: types.ModuleType = types.ModuleType(self.prefix)
