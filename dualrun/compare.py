@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from dualrun import checks
 from dualrun.loading import strip_versions
 
 KINDS = ("value", "type", "missing", "extra", "length", "order", "exception", "uncomparable")
@@ -204,7 +205,7 @@ class Differ:
         exception_key: Callable[[BaseException], object] = exception_key,
         limit: int = MAX_DIFFERENCES,
     ) -> None:
-        if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or tolerance < 0:
+        if not checks.is_number(tolerance) or tolerance < 0:
             raise ValueError(f"tolerance is a number >= 0, got {tolerance!r}")
         if not callable(exception_key):
             raise ValueError(
@@ -510,6 +511,10 @@ class IgnoreRules:
     def __init__(self, patterns: Iterable[str]) -> None:
         if isinstance(patterns, str):
             patterns = (patterns,)
+        if not isinstance(patterns, Iterable) or isinstance(patterns, bytes | Mapping):
+            raise ValueError(
+                f"ignore is a path such as '$.generated_at' or a list of them, got {patterns!r}"
+            )
         compiled = []
         self.patterns = tuple(patterns)
         for pattern in self.patterns:

@@ -489,6 +489,8 @@ class Dispatcher:
     # -- routes ----------------------------------------------------------------------------
 
     def _route_for(self, target: str) -> Route:
+        if not isinstance(target, str):
+            parse_target(target)  # raises the ValueError that says what a target is
         route = self._routes.get(target)
         if route is None:
             with self._lifecycle:

@@ -9,7 +9,6 @@ fails. The verdict is ``rollback`` if any check fails, ``promote`` if all pass, 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
@@ -75,7 +74,7 @@ class Decision:
 
 def _number(value: object, what: str, high: float | None = None) -> float:
     """A threshold: a number > 0 (a zero threshold could never pass), at most ``high``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    if not checks.is_number(value):
         raise ValueError(f"{what} is a number, got {value!r}")
     if value <= 0 or (high is not None and value > high):
         upper = "" if high is None else f" and <= {high:g}"

@@ -27,6 +27,7 @@ import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from os import PathLike, fspath
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -409,6 +410,8 @@ def _check_packages(name: str, packages: Iterable[str] | None) -> tuple[str, ...
         return tuple(tops)
     if isinstance(packages, str | bytes):
         raise ValueError(f"packages is a list of top-level names, got the string {packages!r}")
+    if not isinstance(packages, Iterable):
+        raise ValueError(f"packages is a list of top-level names (or None), got {packages!r}")
     for extra in packages:
         if not isinstance(extra, str) or not extra.isidentifier():
             raise ValueError(f"packages lists top-level module names (identifiers), got {extra!r}")
@@ -490,7 +493,13 @@ def load_version(
     name = _check_name(name)
     tops = _check_packages(name, packages)
     modules = _check_preload(preload, tops)
-    source_text = str(source)
+    if not isinstance(source, str | PathLike):
+        raise VersionLoadError(
+            label,
+            repr(source),
+            "a source is a directory, a .whl or .zip file, or 'git:REV' / 'git:REPO@REV'",
+        )
+    source_text = str(fspath(source))
     root = _locate(label, source_text, materialize(label, source_text), tops)
     version = Version(label, source_text, root, name, tops)
     version.extension_modules = _extension_files(root, tops)

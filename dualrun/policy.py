@@ -34,7 +34,9 @@ def stable_bucket(key: object, salt: str = "") -> float:
     SHA-1 of ``"salt:key"`` (``key`` as ``str``); Python's ``hash()`` is salted per process and
     would bucket one user differently in two workers.
     """
-    digest = hashlib.sha1(f"{salt}:{key}".encode(), usedforsecurity=False).digest()
+    # "surrogatepass": a key with lone surrogates (from a decoded URL or file name) is a key too.
+    text = f"{salt}:{key}".encode("utf-8", "surrogatepass")
+    digest = hashlib.sha1(text, usedforsecurity=False).digest()
     return int.from_bytes(digest[:8], "big") * _SCALE
 
 

@@ -16,17 +16,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from dualrun import checks
 from dualrun.compare import describe
+from dualrun.dispatcher import Dispatcher
 from dualrun.gate import Decision, Gate
 from dualrun.policy import Canary
 from dualrun.recorder import RouteAggregate
 from dualrun.report import route_report
-
-if TYPE_CHECKING:
-    from dualrun.dispatcher import Dispatcher
 
 State = Literal["ready", "running", "paused", "promoted", "rolled back", "aborted"]
 FINAL: tuple[State, ...] = ("promoted", "rolled back", "aborted")
@@ -108,6 +106,8 @@ class Rollout:
         interval: float = 60.0,
         on_change: Callable[[RolloutStatus], None] | None = None,
     ) -> None:
+        if not isinstance(dispatcher, Dispatcher):
+            raise ValueError(f"dispatcher is a dualrun.Dispatcher, got {dispatcher!r}")
         if dispatcher.shadow is None:
             raise ValueError(
                 "a rollout decides from comparisons: give the dispatcher a shadow, e.g. "

@@ -52,7 +52,15 @@ def materialize(label: str, source: str) -> Path:
             repr(source),
             "a source is a directory, a .whl or .zip file, or 'git:REV' / 'git:REPO@REV'",
         )
-    text = os.fspath(source)
+    text = str(os.fspath(source))
+    try:
+        return _materialize(label, text)
+    except (OSError, RuntimeError, ValueError) as exc:  # a path the system cannot use
+        # ~nosuchuser (RuntimeError), a name too long (OSError), a NUL byte (ValueError)
+        raise VersionLoadError(label, text, f"cannot use this path: {exc}") from exc
+
+
+def _materialize(label: str, text: str) -> Path:
     if text.startswith(GIT_PREFIX):
         return _from_git(label, text)
     path = Path(text).expanduser()
