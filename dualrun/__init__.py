@@ -15,6 +15,7 @@ from dualrun.gate import Decision, Gate
 from dualrun.intercept import Interception
 from dualrun.loading import Version, VersionPair, load, load_version
 from dualrun.policy import Canary, Fixed, Policy, stable_bucket
+from dualrun.recording import Recording
 from dualrun.report import Report
 from dualrun.rollout import Rollout, RolloutStatus
 from dualrun.shadow import Shadow
@@ -34,6 +35,7 @@ __all__ = [
     "Interception",
     "LoadedVersion",
     "Policy",
+    "Recording",
     "Report",
     "RequestContext",
     "Rollout",

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
-from dualrun import demo
+from dualrun import demo, replay
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     pin_parser.add_argument("--secret-env", default="DUALRUN_PIN_SECRET", metavar="NAME")
     pin_parser.add_argument("--secret-file", metavar="PATH", help="read the secret from a file")
     pin_parser.set_defaults(func=_run_pin_token)
+    replay.add_commands(commands)  # replay, diff
     return parser
 
 

@@ -29,6 +29,7 @@ from dualrun.lifecycle import Retirement, RetirementRecord
 from dualrun.loading import VersionPair, load_version
 from dualrun.policy import Canary, Fixed, Policy, check_policy
 from dualrun.recorder import Recorder
+from dualrun.recording import Recording, Tap, make_tap
 from dualrun.report import Report, route_report
 from dualrun.routing import Route
 from dualrun.shadow import Shadow, ShadowRunner
@@ -79,6 +80,7 @@ class Dispatcher:
         log: str | os.PathLike[str] | EventLog | Any = None,
         migrate: Mapping[tuple[str, str], Callable[[Any], Any]] | None = None,
         require_context: bool = False,
+        record: Recording | str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(versions, VersionPair):
             raise ValueError(
@@ -114,6 +116,14 @@ class Dispatcher:
         self.shadow = shadow
         if log is not None:
             self.journal = Journal(self, log if isinstance(log, EventLog) else EventLog(log))
+        # Sampled calls recorded for replay (see dualrun.recording), with the log's identity.
+        self._tap: Tap | None = None
+        if record is not None:
+            self._tap = make_tap(
+                record,
+                None if self.journal is None else self.journal.log.run,
+                {v.label: v.source for v in versions},
+            )
         if os.environ.get(KILL_SWITCH_VARIABLE, "").strip() not in ("", "0"):
             self.kill(f"{KILL_SWITCH_VARIABLE} is set")
         forks.register(self)
@@ -165,8 +175,15 @@ class Dispatcher:
             previous.close(timeout=0)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait for queued background shadow runs; False if ``timeout`` ran out first."""
-        return True if self._shadow is None else self._shadow.flush(timeout)
+        """Wait for queued background shadow runs (and recorded calls to be written); False if
+        ``timeout`` ran out first."""
+        done = True if self._shadow is None else self._shadow.flush(timeout)
+        return (True if self._tap is None else self._tap.flush(timeout)) and done
+
+    @property
+    def recording(self) -> Tap | None:
+        """The recording of sampled calls (``record=``), with its ``stats()``; or None."""
+        return self._tap
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -564,6 +581,8 @@ class Dispatcher:
         runner, self._shadow = self._shadow, None  # calls after close are served, not shadowed
         if runner is not None:
             runner.close(timeout)
+        if self._tap is not None:
+            self._tap.close(timeout)
         if self.journal is not None:
             self.journal.close(timeout)
 

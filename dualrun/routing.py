@@ -12,7 +12,7 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
-from dualrun.context import Label, current_request, other
+from dualrun.context import Label, RequestContext, current_request, other
 from dualrun.counters import Counter, new_counter, peek
 from dualrun.errors import TargetNotFoundError
 from dualrun.targets import Found, Kind, find
@@ -231,6 +231,43 @@ class Route:
                 return label, (instance, *args), kwargs, True
             return label, args, kwargs, True
 
+        target = self.target
+
+        def serve(
+            label: Label,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            request: RequestContext | None,
+            shadowable: bool = True,
+        ) -> Any:
+            """The call after its decision: shadowed if sampled (a recorded call's path)."""
+            shadow = dispatcher._shadow
+            if shadowable and shadow is not None and shadow.wants(label, request):
+                return shadow.call(self, label, args, kwargs)
+            fn, entered, left = slots[label]
+            next(entered)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                next(left)
+
+        async def serve_async(
+            label: Label,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            request: RequestContext | None,
+            shadowable: bool,
+        ) -> Any:
+            shadow = dispatcher._shadow
+            if shadowable and shadow is not None and shadow.wants(label, request):
+                return await shadow.call_async(self, label, args, kwargs)
+            fn, entered, left = slots[label]
+            next(entered)
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                next(left)
+
         if self.flavour == "sync" and not method and not prepend_instance and not migrations:
 
             def route_function(
@@ -248,6 +285,16 @@ class Route:
                         (request.pin if dispatcher._pins_honored else None)
                         or request.decisions.get(dispatcher._epoch)
                         or decide(request)
+                    )
+                tap = dispatcher._tap
+                if tap is not None and tap.wants(target):
+                    return tap.call(
+                        target,
+                        serving[label],
+                        request and request.key,
+                        lambda: serve(label, args, kwargs, request),
+                        args,
+                        kwargs,
                     )
                 shadow = dispatcher._shadow
                 if shadow is not None and shadow.wants(label, request):
@@ -267,6 +314,17 @@ class Route:
                 wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
             ) -> Any:
                 label, full, kwargs, shadowable = choose(instance, args, kwargs)
+                tap = dispatcher._tap
+                if tap is not None and not method and tap.wants(target):
+                    request = get_request()
+                    return tap.call(
+                        target,
+                        serving[label],
+                        request and request.key,
+                        lambda: serve(label, full, kwargs, request, shadowable),
+                        full,
+                        kwargs,
+                    )
                 shadow = dispatcher._shadow
                 if shadowable and shadow is not None and shadow.wants(label, get_request()):
                     return shadow.call(self, label, full, kwargs)
@@ -285,6 +343,17 @@ class Route:
                 wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
             ) -> Coroutine[Any, Any, Any]:
                 label, full, kwargs, shadowable = choose(instance, args, kwargs)
+                tap = dispatcher._tap
+                if tap is not None and not method and tap.wants(target):
+                    request = get_request()
+                    return tap.call_async(
+                        target,
+                        serving[label],
+                        request and request.key,
+                        lambda: serve_async(label, full, kwargs, request, shadowable),
+                        full,
+                        kwargs,
+                    )
                 shadow = dispatcher._shadow
                 if shadowable and shadow is not None and shadow.wants(label, get_request()):
                     return shadow.call_async(self, label, full, kwargs)

@@ -586,6 +586,25 @@ class ShadowRunner:
         redact = self.config.redact
         self.recorder.record(observation if redact is None else redacted(observation, redact))
 
+    def record_outcomes(
+        self,
+        target: str,
+        old: tuple[Any, BaseException | None, int],
+        new: tuple[Any, BaseException | None, int],
+        key: Any = None,
+    ) -> None:
+        """Compare and record two outcomes (value, exception, wall ns) obtained elsewhere, such
+        as a recorded call's and a replay's, exactly as a shadowed call's would be."""
+        request = EMPTY if key is None else RequestContext(key, None, EMPTY.attrs, {})
+        self._record(
+            target,
+            "old",
+            _Result(old[0], old[1], old[2], 0, Run(shadow=False)),
+            _Result(new[0], new[1], new[2], 0, Run(shadow=True)),
+            None,
+            request,
+        )
+
     # -- async calls -------------------------------------------------------------------------
 
     async def call_async(

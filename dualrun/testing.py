@@ -79,7 +79,7 @@ def call_text(target: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str
     return f"{name}({', '.join(parts)})"
 
 
-def _inline(shadow: Shadow | None) -> Shadow:
+def inline_shadow(shadow: Shadow | None) -> Shadow:
     """The user's comparison settings, run inline on every call with old as the primary."""
     if shadow is None:
         return Shadow(primary="old", sample=100, mode="inline")
@@ -119,7 +119,7 @@ class Agreement:
                 f"versions is the VersionPair that dualrun.load() returns, got {versions!r}"
             )
         self.versions = versions
-        self.dispatcher = Dispatcher(versions, policy=Fixed("old"), shadow=_inline(shadow))
+        self.dispatcher = Dispatcher(versions, policy=Fixed("old"), shadow=inline_shadow(shadow))
         self._capture = _Capture()
         self.dispatcher.recorder.listener = self._capture
         self._routes: dict[str, Callable[..., Any]] = {}
