@@ -121,7 +121,7 @@ class Dispatcher:
         if record is not None:
             self._tap = make_tap(
                 record,
-                None if self.journal is None else self.journal.log.run,
+                None if self.journal is None else self.journal.log,
                 {v.label: v.source for v in versions},
             )
         if os.environ.get(KILL_SWITCH_VARIABLE, "").strip() not in ("", "0"):

@@ -13,6 +13,7 @@ recording at the cap). Every line carries the process identity of the event log 
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -27,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dualrun import checks
+from dualrun import checks, forks
 from dualrun.compare import describe, type_name
 from dualrun.counters import new_counter, peek
-from dualrun.eventlog import SCHEMA, _LineFile
+from dualrun.eventlog import SCHEMA, EventLog, _LineFile
 from dualrun.typedjson import Redactor, decode, encode, error_from
 from dualrun.workers import WorkerPool
 
@@ -53,6 +54,7 @@ SECRET_FIELDS = (
 )
 _COMPONENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 Serve = Callable[[], Any]
+_HOST = socket.gethostname()
 
 
 class Recording:
@@ -117,14 +119,22 @@ class Recording:
 class Tap:
     """A dispatcher's recording: the sampling on the hot path and the writer behind it."""
 
-    def __init__(self, config: Recording, identity: dict[str, Any], sources: dict[str, str]):
+    def __init__(self, config: Recording, log: EventLog | None, sources: dict[str, str]):
         self.config = config
-        self.identity = {"schema": SCHEMA, **identity}
+        self._log = log
         self.sources = sources
         self._redact = config.redactor()
         self._wanted: dict[str, bool] = {}
         self._pool = WorkerPool(1, config.queue_size, "dualrun-record")
         self._file: _LineFile | None = None
+        self._renew()
+        forks.register(self)
+
+    def _renew(self) -> None:
+        """This process's identity (the event log's, when there is one), file and counts."""
+        run = uuid.uuid4().hex[:16] if self._log is None else self._log.run
+        self.identity = {"schema": SCHEMA, "run": run, "pid": os.getpid(), "host": _HOST}
+        self._file = None
         self._path: Path | None = None
         self._size = 0
         self._seq = 0
@@ -132,6 +142,15 @@ class Tap:
         self.recorded = new_counter()
         self.dropped = new_counter()  # queue full, file full, or not encodable
         self.last_error: str | None = None
+
+    def after_fork_in_child(self) -> None:
+        """A forked child records into its own file (``{pid}``) under its own identity; the
+        parent's pending lines are the parent's to write."""
+        if self._file is not None:
+            self._file.forget_pending()
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self._renew()
 
     # -- the hot path ------------------------------------------------------------------------
 
@@ -322,19 +341,14 @@ class Tap:
 
 
 def make_tap(
-    record: Recording | str | os.PathLike[str], run: str | None, sources: dict[str, str]
+    record: Recording | str | os.PathLike[str], log: EventLog | None, sources: dict[str, str]
 ) -> Tap:
-    """The tap of a dispatcher; ``run`` is its event log's run id, when it has one."""
+    """The tap of a dispatcher, with the identity of its event log ``log``, if it has one."""
     if isinstance(record, str | os.PathLike):
         record = Recording(record)
     if not isinstance(record, Recording):
         raise TypeError(f"record is a dualrun.Recording(...) or a file path, got {record!r}")
-    identity = {
-        "run": run or uuid.uuid4().hex[:16],
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-    }
-    return Tap(record, identity, sources)
+    return Tap(record, log, sources)
 
 
 def _message(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import os
 import subprocess
 import sys
 import uuid
@@ -418,3 +419,33 @@ def test_the_console_script_runs_replay(
     )
     assert done.returncode == 1, done.stderr
     assert "$.total" in done.stdout
+
+
+def test_a_forked_child_records_into_its_own_file_under_its_own_identity(
+    shop: dualrun.VersionPair, tmp_path: Path
+) -> None:
+    d = dualrun.Dispatcher(
+        shop, record=Recording(tmp_path / "r-{pid}.jsonl"), log=tmp_path / "log-parent.jsonl"
+    )
+    charge = d.route("shop.prices:charge")
+    charge(Decimal(1))
+    pid = os.fork()
+    if pid == 0:  # the child: record one call, write, leave at once
+        code = 0
+        try:
+            charge(Decimal(2))
+            charge(Decimal(3))
+            d.flush(5)
+            d.journal.log.flush(5)  # type: ignore[union-attr]
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    d.close()
+    parent = call_lines(tmp_path / f"r-{os.getpid()}.jsonl")
+    child = call_lines(tmp_path / f"r-{pid}.jsonl")
+    assert [e["args"] for e in parent] == [[{"$decimal": "1"}]]
+    assert [e["args"] for e in child] == [[{"$decimal": "2"}], [{"$decimal": "3"}]]
+    assert {e["pid"] for e in child} == {pid} and [e["seq"] for e in child] == [1, 2]
+    assert child[0]["run"] != parent[0]["run"]
