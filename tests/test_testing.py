@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 import dualrun
@@ -103,7 +103,13 @@ def shop(
     return load
 
 
-FAST = settings(max_examples=300, database=None, deadline=None)
+# Deadlines and the slow-generation health check would fail on a loaded CI machine.
+FAST = settings(
+    max_examples=300,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def test_hypothesis_finds_and_shrinks_the_half_cent_divergence(shop) -> None:
