@@ -377,13 +377,38 @@ class RecordedCall:
     identity: dict[str, Any] = field(default_factory=dict)
 
 
+def _events(paths: Iterable[str], problem: Callable[[str], None]) -> Iterator[tuple[str, int, Any]]:
+    """(file, line number, event) for every JSON line of every file; problems named."""
+    for path in paths:
+        if os.path.isdir(path):
+            problem(f"{path}: is a directory, not a recording; skipped")
+            continue
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed below, whatever happens
+        except OSError as exc:
+            problem(f"{path}: cannot open ({exc.strerror or exc}); skipped")
+            continue
+        with handle:
+            for number, raw in enumerate(handle, start=1):
+                if raw.isspace():
+                    continue
+                try:
+                    event = json.loads(raw)
+                except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError
+                    what = "truncated last line" if not raw.endswith(b"\n") else "corrupt line"
+                    problem(f"{path}:{number}: {what} skipped ({exc})")
+                    continue
+                if not isinstance(event, dict) or event.get("schema") != SCHEMA:
+                    problem(f"{path}:{number}: not a schema {SCHEMA} event; skipped")
+                    continue
+                yield path, number, event
+
+
 def read_calls(
     paths: Iterable[str], problem: Callable[[str], None], routes: str | None = None
 ) -> Iterator[RecordedCall]:
     """Every readable recorded call of ``paths`` (bad lines are reported and skipped)."""
-    from dualrun.logread import lines
-
-    for path, number, event in lines(paths, problem):
+    for path, number, event in _events(paths, problem):
         if event.get("event") != "dualrun.call":
             continue
         route = event.get("route")
