@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import TypeGuard
+
+# The longest wait Python's locks and events accept (about 292 years): longer ones overflow.
+MAX_SECONDS = threading.TIMEOUT_MAX
 
 
 def is_number(value: object) -> TypeGuard[float]:
@@ -25,14 +29,30 @@ def percent(value: object, what: str) -> float:
 
 
 def seconds(value: object, what: str) -> float:
-    """A duration in seconds, more than 0."""
-    if not is_number(value) or not value > 0:
-        raise ValueError(f"{what} is a number of seconds > 0, got {value!r}")
+    """A duration in seconds, more than 0 and finite (a thread waits for it)."""
+    if not is_number(value) or not 0 < value <= MAX_SECONDS:
+        raise ValueError(
+            f"{what} is a number of seconds > 0 and at most {MAX_SECONDS:.0f}, got {value!r}"
+        )
     return float(value)
 
 
-def whole_number(value: object, what: str, minimum: int = 1) -> int:
-    """A count, at least ``minimum``."""
+def wait_seconds(value: object, what: str) -> float | None:
+    """How long to wait: seconds from 0, or None to wait as long as it takes."""
+    if value is None:
+        return None
+    if not is_number(value) or not 0 <= value <= MAX_SECONDS:
+        raise ValueError(
+            f"{what} is a number of seconds >= 0 and at most {MAX_SECONDS:.0f}, or None to "
+            f"wait without a limit; got {value!r}"
+        )
+    return float(value)
+
+
+def whole_number(value: object, what: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """A count, at least ``minimum`` (and at most ``maximum``)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{what} is a whole number >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{what} is a whole number from {minimum} to {maximum}, got {value!r}")
     return value

@@ -12,7 +12,7 @@ from typing import Any
 
 import wrapt
 
-from dualrun import forks
+from dualrun import checks, forks
 from dualrun.compare import describe
 from dualrun.context import EMPTY, Label, RequestContext, check_label, other
 from dualrun.counters import new_counter, peek
@@ -103,6 +103,7 @@ class Dispatcher:
         self._parked_shadow: Shadow | None = None  # while one version is retired
         self._routes: dict[str, Route] = {}
         self._interceptions: list[Interception] = []
+        self._stoppers: list[Callable[[float | None], None]] = []  # running rollouts
         self._first_call = True  # the first routed call checks for interceptions still pending
         self.policy_errors = new_counter()
         self.last_policy_error: str | None = None
@@ -177,6 +178,7 @@ class Dispatcher:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for queued background shadow runs (and recorded calls to be written); False if
         ``timeout`` ran out first."""
+        timeout = checks.wait_seconds(timeout, "flush's timeout")
         done = True if self._shadow is None else self._shadow.flush(timeout)
         return (True if self._tap is None else self._tap.flush(timeout)) and done
 
@@ -195,6 +197,7 @@ class Dispatcher:
         next :meth:`swap_candidate` or an explicit :meth:`retire` unloads it (as Erlang keeps
         exactly one old version). ``retire=True`` unloads it now, once its in-flight calls have
         finished (or after ``drain_timeout`` seconds, reported as forced)."""
+        drain_timeout = checks.wait_seconds(drain_timeout, "drain_timeout")
         with self._lifecycle:
             self._refuse_when_killed("promote")
             if self._retired_label == "new":
@@ -225,6 +228,7 @@ class Dispatcher:
         visible and :meth:`promote` stays possible; with ``retire=True`` it is unloaded once its
         in-flight calls have finished, and shadowing stops.
         """
+        drain_timeout = checks.wait_seconds(drain_timeout, "drain_timeout")
         with self._lifecycle:
             if self._retired_label == "old":
                 source = self.versions.old.source
@@ -249,6 +253,7 @@ class Dispatcher:
         have finished, or after ``drain_timeout`` seconds (forced); calls routed to it
         meanwhile go to the other version. Afterwards only :meth:`swap_candidate` loads
         another version to compare with."""
+        drain_timeout = checks.wait_seconds(drain_timeout, "drain_timeout")
         with self._lifecycle:
             if label is None:
                 if type(self._policy) is not Fixed:
@@ -293,6 +298,7 @@ class Dispatcher:
         version that is still loaded drains and is unloaded. Statistics restart;
         :attr:`history` keeps each earlier candidate's report.
         """
+        drain_timeout = checks.wait_seconds(drain_timeout, "drain_timeout")
         with self._lifecycle:
             self._refuse_when_killed("swap_candidate")
             self.wait_retired(drain_timeout, force=True)  # at most two versions are loaded
@@ -391,6 +397,7 @@ class Dispatcher:
     def wait_retired(self, timeout: float | None = None, force: bool = False) -> bool:
         """Wait until retired versions are unloaded; with ``force``, unload them after
         ``timeout`` whatever still runs. False if one is still loaded."""
+        timeout = checks.wait_seconds(timeout, "wait_retired's timeout")
         pending = list(self._retiring)
         for retirement in pending:
             if not retirement.wait(timeout) and force:
@@ -565,6 +572,10 @@ class Dispatcher:
         self._interceptions.append(handle)
         return handle
 
+    def _stop_on_close(self, stop: Callable[[float | None], None]) -> None:
+        """Have :meth:`close` call ``stop(timeout)`` (a rollout's thread ends with it)."""
+        self._stoppers.append(stop)
+
     @property
     def routes(self) -> dict[str, Route]:
         return dict(self._routes)
@@ -575,6 +586,10 @@ class Dispatcher:
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Undo every interception, finish queued shadow runs (up to ``timeout``), stop."""
+        timeout = checks.wait_seconds(timeout, "close's timeout")
+        stoppers, self._stoppers = self._stoppers, []
+        for stop in stoppers:  # no rollout evaluates a gate on a closed dispatcher
+            stop(timeout)
         for handle in reversed(self._interceptions):
             handle.undo()
         self._interceptions.clear()

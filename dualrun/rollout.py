@@ -142,17 +142,29 @@ class Rollout:
             self._begin()
             self._thread = threading.Thread(target=self._loop, name="dualrun-rollout", daemon=True)
             self._thread.start()
+            self._dispatcher._stop_on_close(self.stop)
         return self
 
     def run(self, timeout: float | None = None) -> RolloutStatus:
         """Like :meth:`start`, but wait until the rollout ends (or ``timeout`` runs out)."""
+        checks.wait_seconds(timeout, "run's timeout")
         self.start()
         self.wait(timeout)
         return self.status()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the rollout has ended; False if ``timeout`` ran out first."""
-        return self._done.wait(timeout)
+        return self._done.wait(checks.wait_seconds(timeout, "wait's timeout"))
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """End the rollout where it stands, leaving the policy as it is (the dispatcher is
+        closing): its thread evaluates no gate after this returns (or after ``timeout``)."""
+        with self._lock:
+            if self._status.state not in FINAL:
+                self._finish("aborted", "stopped: the dispatcher was closed")
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def pause(self) -> None:
         """Stop advancing (traffic stays at the current step) until :meth:`resume`."""
@@ -204,10 +216,19 @@ class Rollout:
             self._wake.clear()
             try:
                 self.tick()
-            except Exception as exc:  # a fault in the rollout itself: back to safety
-                with self._lock:
-                    self._dispatcher.rollback()
-                    self._finish("aborted", f"dualrun error: {type(exc).__name__}: {exc}")
+            except BaseException as exc:  # a fault in the gate or the rollout: back to safety
+                self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Roll back and end; the thread ends too, even if the rollback itself fails."""
+        with self._lock:
+            reason = f"dualrun error: {describe(exc)}"
+            try:
+                self._dispatcher.rollback()
+            except BaseException as again:
+                reason += f"; rolling back failed too: {describe(again)}"
+            finally:
+                self._finish("aborted", reason)
 
     def tick(self) -> Decision | None:
         """Evaluate the gate once and act on it (the thread calls this every interval)."""

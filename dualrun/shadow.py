@@ -41,6 +41,7 @@ Args = tuple[tuple[Any, ...], dict[str, Any]]
 _IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), complex, range})
 _SAMPLE_SALT = "dualrun-shadow"
 MAX_NOISE_PATHS = 1000
+MAX_WORKERS = 256  # threads a shadow may start (twice: the pool and the timeout helpers)
 
 
 def copy_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Args:
@@ -116,7 +117,7 @@ class Shadow:
             raise ValueError(f"redact is a callable (what, text) -> text, got {redact!r}")
         self.redact = redact
         self.differ = Differ(tolerance=tolerance, exception_key=exception_key)
-        self.workers = checks.whole_number(workers, "Shadow workers")
+        self.workers = checks.whole_number(workers, "Shadow workers", maximum=MAX_WORKERS)
         self.queue_size = checks.whole_number(queue_size, "Shadow queue_size")
         self.calibrate_calls = checks.whole_number(calibrate_calls, "calibrate_calls", minimum=0)
         self.calibrate_sample = checks.percent(calibrate_sample, "calibrate_sample")

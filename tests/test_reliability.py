@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lifecycle_helpers import Bench
+from lifecycle_helpers import Bench, wait_until
 from shadow_helpers import Lab, route_report
 
 import dualrun
@@ -511,3 +511,117 @@ def test_lines_the_disk_refused_are_counted_as_dropped_events(
     assert log.dropped_count() == 1
     kinds = [e["event"] for e in _lines(tmp_path / "log.jsonl")]
     assert kinds == ["first", "after"]
+
+
+# -- 15. numbers checked when they are given ---------------------------------------------------
+
+HUGE = 10**400
+BAD_WAITS = [float("inf"), float("nan"), -5, -0.1, "5", HUGE, True]
+
+
+@pytest.mark.parametrize("value", [float("inf"), HUGE, 0, -1, "1", float("nan")])
+def test_shadow_timeout_must_be_a_finite_number_of_seconds(value: object) -> None:
+    with pytest.raises(ValueError, match="Shadow timeout"):
+        dualrun.Shadow(timeout=value)  # type: ignore[arg-type]
+
+
+def test_shadow_workers_are_bounded() -> None:
+    with pytest.raises(ValueError, match="Shadow workers"):
+        dualrun.Shadow(workers=10**6)
+
+
+@pytest.mark.parametrize("value", [float("inf"), HUGE, 0, "60"])
+def test_rollout_interval_must_be_a_finite_number_of_seconds(bench: Bench, value: object) -> None:
+    d = bench.dispatcher(bench.pair(), shadow=dualrun.Shadow("any"))
+    with pytest.raises(ValueError, match="interval"):
+        dualrun.Rollout(d, interval=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", BAD_WAITS, ids=repr)
+@pytest.mark.parametrize("method", ["promote", "rollback", "swap_candidate", "retire"])
+def test_a_bad_drain_timeout_is_refused_before_anything_changes(
+    bench: Bench, value: object, method: str
+) -> None:
+    d = bench.dispatcher(bench.pair())
+    quote = d.route(bench.target)
+    policy = d.policy
+    args: tuple[Any, ...] = (bench.source("C"),) if method == "swap_candidate" else ()
+    if method == "retire":
+        d.promote()
+        policy = d.policy
+    with pytest.raises(ValueError, match="drain_timeout"):
+        getattr(d, method)(*args, drain_timeout=value)
+    assert d.policy is policy and not d.retired and not d._retiring
+    assert quote(1)[0] == ("B" if method == "retire" else "A")
+
+
+@pytest.mark.parametrize("value", BAD_WAITS, ids=repr)
+def test_bad_timeouts_of_flush_close_and_wait_retired_are_refused(
+    bench: Bench, value: object
+) -> None:
+    d = bench.dispatcher(bench.pair())
+    for call in (d.flush, d.wait_retired, d.close):
+        with pytest.raises(ValueError, match="timeout"):
+            call(value)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("value", [0, 0.5, None])
+def test_good_drain_timeouts_are_accepted(bench: Bench, value: float | None) -> None:
+    d = bench.dispatcher(bench.pair())
+    d.promote(retire=True, drain_timeout=value)
+    assert d.wait_retired(5)
+
+
+# -- 16. close() stops a running rollout; a gate that raises rolls back ------------------------
+
+
+def _rollout_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "dualrun-rollout" and t.is_alive()]
+
+
+def test_close_stops_a_running_rollout(bench: Bench) -> None:
+    d = bench.dispatcher(bench.pair(), shadow=dualrun.Shadow("any"))
+    evaluations: list[int] = []
+
+    class CountingGate(dualrun.Gate):
+        def evaluate(self, evidence: Any) -> Any:
+            evaluations.append(1)
+            return super().evaluate(evidence)
+
+    before = len(_rollout_threads())
+    rollout = dualrun.Rollout(d, gate=CountingGate(), interval=0.01).start()
+    assert wait_until(lambda: len(evaluations) >= 2)
+    policy = d.policy
+    d.close()
+    assert rollout.status().state == "aborted"
+    assert "closed" in (rollout.status().reason or "")
+    assert len(_rollout_threads()) == before
+    seen = len(evaluations)
+    time.sleep(0.05)
+    assert len(evaluations) == seen
+    assert d.policy is policy  # closing leaves the traffic split as it was
+
+
+class RaisingGate(dualrun.Gate):
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__()
+        self.exc = exc
+
+    def evaluate(self, evidence: Any) -> Any:
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [ZeroDivisionError("gate"), SystemExit(2)], ids=repr)
+def test_a_rollout_whose_gate_raises_rolls_back_and_ends(bench: Bench, exc: BaseException) -> None:
+    d = bench.dispatcher(bench.pair(), shadow=dualrun.Shadow("any"))
+    quote = d.route(bench.target)
+    before = len(_rollout_threads())
+    rollout = dualrun.Rollout(d, steps=[50, 100], gate=RaisingGate(exc), interval=0.01).start()
+    with dualrun.context(key="k"):
+        quote(1)
+    assert rollout.wait(5)
+    status = rollout.status()
+    assert status.state == "aborted" and type(exc).__name__ in (status.reason or "")
+    assert isinstance(d.policy, dualrun.Fixed) and d.policy.label == "old"
+    assert wait_until(lambda: len(_rollout_threads()) == before)
+    assert all(quote(i)[0] == "A" for i in range(20))
