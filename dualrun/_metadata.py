@@ -56,19 +56,37 @@ def own_distributions(
     return ()
 
 
+def shipped_top_levels(root: Path, tops: Iterable[str]) -> set[str]:
+    """Every top-level name the version's installed distribution (``*.dist-info`` or
+    ``*.egg-info`` beside ``root``) lists in ``top_level.txt`` or ``RECORD``."""
+    tops = tuple(tops)
+    names: set[str] = set()
+    for info in itertools.chain(root.glob("*.dist-info"), root.glob("*.egg-info")):
+        if info.is_dir() and _installs(info, tops):
+            names |= _listed(info, ("top_level.txt", "RECORD"))
+    return names
+
+
+def _listed(info: Path, listings: Iterable[str]) -> set[str]:
+    """Top-level names in the listings of a distribution's metadata directory."""
+    names: set[str] = set()
+    for listing in listings:
+        text = _read(info / listing)
+        if not text:
+            continue
+        if listing == "top_level.txt":
+            names |= {line.strip() for line in text.splitlines() if line.strip()}
+            continue
+        for line in text.splitlines():
+            first = line.split(",", 1)[0].strip().split("/", 1)[0]
+            if first and not first.endswith((".dist-info", ".egg-info", ".data")):
+                names.add(first.partition(".")[0])
+    return names
+
+
 def _installs(info: Path, tops: tuple[str, ...]) -> bool:
     """Whether the distribution described in ``info`` installs one of ``tops``."""
-    names: set[str] = set()
-    for listing in ("top_level.txt",):
-        text = _read(info / listing)
-        if text:
-            names |= {line.strip() for line in text.splitlines() if line.strip()}
-    for listing in ("RECORD", "SOURCES.txt"):
-        text = _read(info / listing)
-        if text:
-            for line in text.splitlines():
-                first = line.split(",", 1)[0].strip().split("/", 1)[0]
-                names.add(first.removesuffix(".py").partition(".")[0])
+    names = _listed(info, ("top_level.txt", "RECORD", "SOURCES.txt"))
     if names:
         return any(top in names for top in tops)
     stem = info.name.rpartition(".")[0].partition("-")[0]

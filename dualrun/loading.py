@@ -31,7 +31,8 @@ from os import PathLike, fspath
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from dualrun._metadata import metadata_module, own_distributions
+from dualrun._extensions import ExtensionWatch, extension_files, is_extension
+from dualrun._metadata import metadata_module, own_distributions, shipped_top_levels
 from dualrun.errors import DualrunWarning, VersionLoadError, VersionModuleNotFoundError
 from dualrun.sources import materialize
 from dualrun.targets import parse_target, walk
@@ -97,13 +98,22 @@ def _guard(failed: Failed, module: str, prefix: str, exc: Exception) -> VersionL
 class _VersionLoader:
     """Delegates to the real loader, but runs the module with the version's builtins."""
 
-    def __init__(self, inner: Any, version_builtins: dict[str, Any], failed: Failed) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        version_builtins: dict[str, Any],
+        failed: Failed,
+        watch: ExtensionWatch,
+    ) -> None:
         self._inner = inner
         self._builtins = version_builtins
         self._failed = failed
+        self._watch = watch if is_extension(inner) else None
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
         try:
+            if self._watch is not None:
+                return self._watch.create(spec)
             created: types.ModuleType | None = self._inner.create_module(spec)
         except VersionLoadError:
             raise
@@ -114,7 +124,10 @@ class _VersionLoader:
     def exec_module(self, module: types.ModuleType) -> None:
         module.__dict__["__builtins__"] = self._builtins
         try:
-            self._inner.exec_module(module)
+            if self._watch is not None:
+                self._watch.exec(module)
+            else:
+                self._inner.exec_module(module)
         except VersionLoadError:
             raise  # a module it imports failed: that one is named
         except Exception as exc:
@@ -128,7 +141,13 @@ class _VersionFinder:
     """Finds ``<prefix>.<top>...`` modules in the version's directory, and nothing else."""
 
     def __init__(
-        self, prefix: str, root: Path, tops: frozenset[str], namespace: Any, failed: Failed
+        self,
+        prefix: str,
+        root: Path,
+        tops: frozenset[str],
+        namespace: Any,
+        failed: Failed,
+        watch: ExtensionWatch,
     ) -> None:
         self.prefix = prefix
         self._dotted = prefix + "."
@@ -136,6 +155,7 @@ class _VersionFinder:
         self._tops = tops
         self._builtins = namespace
         self._failed = failed
+        self._watch = watch
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: object = None
@@ -151,7 +171,7 @@ class _VersionFinder:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, search)
         if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            loader = _VersionLoader(spec.loader, self._builtins, self._failed)
+            loader = _VersionLoader(spec.loader, self._builtins, self._failed, self._watch)
             spec.loader = cast(importlib.abc.Loader, loader)
         return spec
 
@@ -263,7 +283,10 @@ class Version:
         namespace, self.distributions = _version_builtins(
             self.prefix, frozenset(tops), self._failed, root
         )
-        self._finder = _VersionFinder(self.prefix, root, frozenset(tops), namespace, self._failed)
+        watch = ExtensionWatch(label, source, frozenset(tops), strip_versions)
+        self._finder = _VersionFinder(
+            self.prefix, root, frozenset(tops), namespace, self._failed, watch
+        )
         self._loaded = False
         self.module: types.ModuleType = types.ModuleType(self.prefix)
 
@@ -444,15 +467,32 @@ def _locate(label: str, source: str, base: Path, tops: tuple[str, ...]) -> Path:
     )
 
 
-def _extension_files(root: Path, tops: tuple[str, ...]) -> tuple[str, ...]:
-    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    found: list[str] = []
-    for top in tops:
-        for candidate in [root / top, root]:
-            if candidate.is_dir():
-                pattern = "**/*" if candidate != root else f"{top}.*"
-                found += [str(p) for p in candidate.glob(pattern) if p.name.endswith(suffixes)]
-    return tuple(sorted(set(found)))
+def _shipped_tops(label: str, source: str, root: Path, tops: tuple[str, ...]) -> tuple[str, ...]:
+    """``tops`` and every other top-level module the version's distribution installs.
+
+    A wheel's ``top_level.txt`` / ``RECORD`` lists them (attrs ships ``attr`` and ``attrs``);
+    they belong to the version as much as the one named. A mypyc-compiled wheel is refused.
+    """
+    shipped = shipped_top_levels(root, tops)
+    compiled = sorted(n for n in shipped if n.endswith("__mypyc"))
+    if compiled:
+        raise VersionLoadError(
+            label,
+            source,
+            f"it is compiled with mypyc (it ships the shared library {compiled[0]!r} beside "
+            f"{tops[0]}/): mypyc's compiled modules import each other by absolute name from C, "
+            "which cannot be redirected to the version, so both versions would run the same "
+            "code. Load the pure-Python wheel instead (the py3-none-any one, e.g. `pip download "
+            f"--no-deps --no-binary :all: {tops[0]}==VERSION`), or a source checkout",
+        )
+    extra = [
+        top
+        for top in sorted(shipped)
+        if top.isidentifier()
+        and top not in tops
+        and importlib.machinery.PathFinder.find_spec(top, [str(root)]) is not None
+    ]
+    return (*tops, *extra)
 
 
 Preload = bool | Iterable[str]
@@ -501,8 +541,10 @@ def load_version(
         )
     source_text = str(fspath(source))
     root = _locate(label, source_text, materialize(label, source_text), tops)
+    named = tops
+    tops = _shipped_tops(label, source_text, root, tops)
     version = Version(label, source_text, root, name, tops)
-    version.extension_modules = _extension_files(root, tops)
+    version.extension_modules = extension_files(root, tops)
     if version.extension_modules:
         warnings.warn(
             f"the {label!r} version ({source_text}) contains C extension modules "
@@ -513,7 +555,7 @@ def load_version(
         )
     version._install()
     try:
-        for top in tops:
+        for top in named:
             version.import_module(top)
         version.import_module(name)
         version.module = sys.modules[version.alias(tops[0])]
