@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     report_parser.add_argument("--since", help="from this time: ISO 8601 with zone, or epoch")
     report_parser.add_argument("--until", help="up to this time: ISO 8601 with zone, or epoch")
     report_parser.add_argument("--top", type=int, help="at most N divergences per route")
+    report_parser.add_argument(
+        "--max-routes",
+        type=int,
+        default=1000,
+        help="hold at most N routes (the first seen); the others are counted (default 1000)",
+    )
     report_parser.set_defaults(func=_run_report)
     pin_parser = commands.add_parser(
         "pin-token",
@@ -103,6 +109,8 @@ def _run_report(args: argparse.Namespace) -> int:
         until = None if args.until is None else parse_time(args.until)
         if args.top is not None and args.top < 1:
             raise ValueError(f"--top is a whole number >= 1, got {args.top}")
+        if args.max_routes < 1:
+            raise ValueError(f"--max-routes is a whole number >= 1, got {args.max_routes}")
     except ValueError as exc:
         print(f"dualrun report: {printable(exc)}", file=sys.stderr)
         return 2
@@ -110,7 +118,9 @@ def _run_report(args: argparse.Namespace) -> int:
     def problem(message: str) -> None:  # file names and line contents are shown, not obeyed
         print(f"dualrun report: {printable(message)}", file=sys.stderr)
 
-    report, totals = report_from_logs(args.files, problem, args.route, since, until)
+    report, totals = report_from_logs(
+        args.files, problem, args.route, since, until, max_routes=args.max_routes
+    )
     if totals.events == 0:
         print("dualrun report: no events could be read", file=sys.stderr)
         return 2

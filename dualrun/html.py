@@ -7,7 +7,7 @@ import html
 import json
 from typing import TYPE_CHECKING
 
-from dualrun.render import _latency, _summary, pending_interceptions, percent
+from dualrun.render import _latency, _summary, bound_notes, pending_interceptions, percent
 
 if TYPE_CHECKING:
     from dualrun.report import Divergence, Report, RouteReport
@@ -157,6 +157,7 @@ def render_html(report: Report, top: int | None = None) -> str:
     if report.pending_interceptions:
         notes += f"<p class='pending'>{_e(pending_interceptions(report.pending_interceptions))}</p>"
     routes = "".join(_route(i, r, top) for i, r in enumerate(report.routes))
+    routes += "".join(f"<p class='bounds'>{_e(note)}</p>" for note in bound_notes(report))
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"

@@ -33,6 +33,9 @@ from dualrun.report import Report, route_report
 
 Problem = Callable[[str], None]
 FAST_JSON_VARIABLE = "DUALRUN_FAST_JSON"
+MAX_ROUTES = 1000  # routes a report holds; the others are counted, not kept
+MAX_PENDING_BYTES = 64 << 20  # divergence lines waiting for a summary of their run
+_COUNTED_ROUTES = 100_000  # distinct routes beyond MAX_ROUTES counted exactly up to this many
 
 try:
     import msgspec
@@ -141,6 +144,8 @@ class _Run:
     pending: list[_Pending] = field(default_factory=list)
     seqs: list[int] = field(default_factory=list)  # the pending seqs, ascending while ordered
     ordered: bool = True
+    overflow: int = 0  # divergences not held: too many bytes were waiting already
+    overflow_seq: int = 0  # the highest seq among them (a summary covering it covers them all)
 
     def add(self, pending: _Pending) -> None:
         if self.seqs and pending.seq < self.seqs[-1]:
@@ -148,17 +153,29 @@ class _Run:
         self.pending.append(pending)
         self.seqs.append(pending.seq)
 
-    def cover(self, seq: int) -> None:
+    def cover(self, seq: int) -> int:
+        """Forget the divergences up to ``seq``; return how many bytes they held."""
         if seq <= self.covered:
-            return
+            return 0
         self.covered = seq
         if self.ordered:  # one file of one run: its divergences come in order
             cut = bisect.bisect_right(self.seqs, seq)
+            freed = sum(map(_size, self.pending[:cut]))
             del self.pending[:cut], self.seqs[:cut]
-        else:
-            self.pending = [p for p in self.pending if p.seq > seq]
-            self.seqs = [p.seq for p in self.pending]
-            self.ordered = self.seqs == sorted(self.seqs)
+            return freed
+        before = sum(map(_size, self.pending))
+        self.pending = [p for p in self.pending if p.seq > seq]
+        self.seqs = [p.seq for p in self.pending]
+        self.ordered = self.seqs == sorted(self.seqs)
+        return before - sum(map(_size, self.pending))
+
+    def uncounted(self) -> int:
+        """Divergences not held that no summary of the run covers: up to this many lost."""
+        return self.overflow if self.overflow_seq > self.covered else 0
+
+
+def _size(pending: _Pending) -> int:
+    return len(pending.data) if isinstance(pending.data, bytes) else 1024
 
 
 @dataclass
@@ -175,6 +192,23 @@ class LogTotals:
     last_policy_error: str | None = None
     events: int = 0
     problems: int = 0
+    max_routes: int = MAX_ROUTES
+    held_routes: set[str] = field(default_factory=set)
+    omitted_routes: set[str] = field(default_factory=set)  # (up to _COUNTED_ROUTES of them)
+    omitted_calls: int = 0
+    omitted_comparisons: int = 0
+    uncounted_divergences: int = 0
+
+    def admit(self, route: str) -> bool:
+        """Whether ``route`` is one the report holds: those seen first, up to ``max_routes``."""
+        if route in self.held_routes:
+            return True
+        if len(self.held_routes) < self.max_routes:
+            self.held_routes.add(route)
+            return True
+        if len(self.omitted_routes) < _COUNTED_ROUTES:
+            self.omitted_routes.add(route)
+        return False
 
     def aggregate(self, route: str) -> RouteAggregate:
         if route not in self.aggregates:
@@ -198,6 +232,12 @@ class LogTotals:
             dropped_events=self.dropped_events,
             policy_errors=self.policy_errors,
             last_policy_error=self.last_policy_error,
+            omitted_routes=len(self.omitted_routes),
+            omitted_routes_at_least=len(self.omitted_routes) >= _COUNTED_ROUTES,
+            omitted_calls=self.omitted_calls,
+            omitted_comparisons=self.omitted_comparisons,
+            max_routes=self.max_routes,
+            uncounted_divergences=self.uncounted_divergences,
         )
 
 
@@ -243,10 +283,14 @@ class LogReader:
         since: float | None = None,
         until: float | None = None,
         fast: bool | None = None,
+        max_routes: int = MAX_ROUTES,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
     ) -> None:
         self._problem = problem
-        self.totals = LogTotals()
+        self.totals = LogTotals(max_routes=max_routes)
         self._runs: dict[str, _Run] = {}
+        self._held = 0  # bytes of the divergence lines waiting for a summary
+        self._max_pending = max_pending_bytes
         self._route = route
         self._since = since
         self._until = until
@@ -282,7 +326,7 @@ class LogReader:
                             if run is None:
                                 run = runs[h.run] = _Run()
                             if h.seq > run.covered:
-                                run.add(_Pending(h.seq, path, number, raw))
+                                self._hold(run, _Pending(h.seq, path, number, raw))
                             continue
                     if raw.isspace():
                         continue
@@ -301,7 +345,7 @@ class LogReader:
                         if run is None:
                             run = runs[run_id] = _Run()
                         if seq > run.covered:
-                            run.add(_Pending(seq, path, number, raw))
+                            self._hold(run, _Pending(seq, path, number, raw))
                         continue
                     try:
                         self.apply(event, (path, number, raw))
@@ -316,8 +360,20 @@ class LogReader:
         for run in runs.values():  # divergences after a run's last summary (it died)
             for pending in run.pending:
                 self._observe(pending, problem)
+            totals.uncounted_divergences += run.uncounted()
         runs.clear()
+        self._held = 0
         return totals
+
+    def _hold(self, run: _Run, pending: _Pending) -> None:
+        """Keep a divergence until a summary of its run covers it, if there is room."""
+        size = _size(pending)
+        if self._held + size > self._max_pending:
+            run.overflow += 1
+            run.overflow_seq = max(run.overflow_seq, pending.seq)
+            return
+        self._held += size
+        run.add(pending)
 
     def _event(self, path: str, number: int, raw: bytes, problem: Problem) -> dict[str, Any] | None:
         """The event on a line, or None once the problem with it is reported."""
@@ -358,7 +414,10 @@ class LogReader:
             )
             return
         if self._wanted(obs.route) and self._inside(obs.time):
-            self.totals.aggregate(obs.route).add(obs)
+            if self.totals.admit(obs.route):
+                self.totals.aggregate(obs.route).add(obs)
+            elif obs.status != "timeout":
+                self.totals.omitted_comparisons += 1
 
     def apply(self, event: dict[str, Any], line: tuple[str, int, bytes] | None = None) -> None:
         """Add one event; ``line`` is where it was read (file, number, bytes), if it was."""
@@ -372,7 +431,7 @@ class LogReader:
                 run = self._runs[run_id] = _Run()
             if seq > run.covered:
                 path, number, data = line if line is not None else ("", 0, event)
-                run.add(_Pending(seq, path, number, data))
+                self._hold(run, _Pending(seq, path, number, data))
         elif kind == "dualrun.summary":
             self._summary(event)
         elif kind in ("dualrun.load", "dualrun.policy", "dualrun.promote", "dualrun.rollback"):
@@ -409,13 +468,19 @@ class LogReader:
             crossings = _whole(entry.get("crossings", 0), "crossings")
             outside = _whole(entry.get("outside_context", 0), "outside_context")
             parsed.append((name, calls, crossings, outside, aggregate))
-        self._runs.setdefault(run, _Run()).cover(seq)
+        self._held -= self._runs.setdefault(run, _Run()).cover(seq)
         self.totals.policy = policy
         self.totals.dropped_events += dropped
         self.totals.policy_errors += policy_errors
         if policy_errors and last_policy_error is not None:
             self.totals.last_policy_error = str(last_policy_error)
         for name, calls, crossings, outside, aggregate in parsed:
+            if not self.totals.admit(name):
+                if calls is not None:
+                    self.totals.omitted_calls += calls["old"] + calls["new"]
+                if aggregate is not None:
+                    self.totals.omitted_comparisons += aggregate.comparisons
+                continue
             if calls is not None:
                 totals = self.totals.calls.setdefault(name, {"old": 0, "new": 0})
                 for label in ("old", "new"):
@@ -452,8 +517,13 @@ def report_from_logs(
     since: float | None = None,
     until: float | None = None,
     fast: bool | None = None,
+    max_routes: int = MAX_ROUTES,
+    max_pending_bytes: int = MAX_PENDING_BYTES,
 ) -> tuple[Report, LogTotals]:
     """The report for any number of logs from any number of processes. ``fast``: use the
-    ``fast`` extra's decoder if it is installed (default: unless ``DUALRUN_FAST_JSON=0``)."""
-    totals = LogReader(problem, route, since, until, fast).read(paths)
+    ``fast`` extra's decoder if it is installed (default: unless ``DUALRUN_FAST_JSON=0``).
+    ``max_routes``: the routes the report holds (the first seen); the others are counted.
+    ``max_pending_bytes``: divergence lines held until a summary of their run covers them."""
+    reader = LogReader(problem, route, since, until, fast, max_routes, max_pending_bytes)
+    totals = reader.read(paths)
     return totals.report(), totals

@@ -150,6 +150,24 @@ def _divergence_rows(divergences: list[Divergence], top: int | None) -> list[tup
     return rows
 
 
+def bound_notes(report: Report) -> list[str]:
+    """What a report read from logs left out to keep its memory bounded, in sentences."""
+    notes = []
+    if report.omitted_routes:
+        count = f"{report.omitted_routes:,}{' or more' if report.omitted_routes_at_least else ''}"
+        notes.append(
+            f"... and {count} more routes ({report.omitted_calls:,} calls, "
+            f"{report.omitted_comparisons:,} comparisons), beyond the {report.max_routes:,} "
+            "routes a report holds (dualrun report --max-routes N)"
+        )
+    if report.uncounted_divergences:
+        notes.append(
+            f"up to {report.uncounted_divergences:,} divergence events were not counted: more "
+            "were waiting for a summary of their run than a report holds"
+        )
+    return notes
+
+
 def render_text(report: Report, top: int | None = None) -> str:
     """Aligned plain text, most frequent divergence first."""
     lines = [f"dualrun report (policy {printable(report.policy)})"]
@@ -176,7 +194,8 @@ def render_text(report: Report, top: int | None = None) -> str:
         if route.noise_divergences:
             lines.append("  noise (paths that differ between two runs of the same version):")
             lines += _table(_divergence_rows(route.noise_divergences, top))
-    return "\n".join(lines) + "\n"
+    notes = bound_notes(report)
+    return "\n".join(lines + ([""] if notes else []) + notes) + "\n"
 
 
 def render_markdown(report: Report, top: int | None = None) -> str:
@@ -210,6 +229,8 @@ def render_markdown(report: Report, top: int | None = None) -> str:
                 "|" + "---|" * len(rows[0]),
             ]
             lines += ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in rows[1:]]
+    for note in bound_notes(report):
+        lines += ["", f"**{note}**"]
     return "\n".join(lines) + "\n"
 
 

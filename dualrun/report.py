@@ -132,6 +132,14 @@ class Report:
     policy_errors: int = 0
     last_policy_error: str | None = None
     dropped_events: int = 0  # event-log lines lost to a full queue
+    # Read from logs, memory is bounded: routes beyond the first max_routes are counted only,
+    # and divergence lines that could not be held until a summary covered them are counted.
+    omitted_routes: int = 0
+    omitted_routes_at_least: bool = False  # so many that they were counted up to a bound
+    omitted_calls: int = 0
+    omitted_comparisons: int = 0
+    max_routes: int | None = None
+    uncounted_divergences: int = 0
     # intercept() targets whose host module is not imported yet: their callers are not routed
     pending_interceptions: list[str] = field(default_factory=list)
 
