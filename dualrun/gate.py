@@ -38,7 +38,8 @@ class Check:
         if self.value is None:
             return f"{self.name} -"
         if self.name.startswith("latency"):
-            return f"{self.name} {self.value:.2f}x"
+            high = "inf" if self.high is None else f"{self.high:.2f}x"
+            return f"{self.name} {self.value:.2f}x [{self.low or 0:.2f}x, {high}]"
         if self.name == "comparisons":
             return f"{self.value:.0f} of {self.threshold:.0f} comparisons"
         return f"{self.name} {self.value:.2%} [{self.low or 0:.2%}, {self.high or 0:.2%}]"
@@ -84,12 +85,28 @@ def _number(value: object, what: str, high: float | None = None) -> float:
     return float(value)
 
 
+LATENCY_MEASURES = ("auto", "wall", "cpu")
+_QUANTILE_SHARES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
+
+
 class Gate:
     """Thresholds a candidate must meet, and the confidence the decision needs.
 
-    ``max_error_rate`` counts the calls where the new version raised and the old one did not
-    (over the comparisons), so inputs both versions reject are not held against the new one.
-    ``max_latency_ratio`` compares the new version's ``latency_quantile`` with the old one's.
+    ``min_comparisons``: fewer comparisons never promote, and never roll back on latency (a
+    clear mismatch or error rate may roll back earlier). ``max_mismatch_rate``,
+    ``max_error_rate``: rates over the comparisons, judged by their Wilson interval at
+    ``confidence``; the error rate counts the calls where the new version raised and the old one
+    did not, so inputs both versions reject are not held against the new one.
+
+    ``max_latency_ratio``: the highest acceptable new/old ratio of the ``latency_quantile``
+    (``"p50"``, ``"p95"``, ``"p99"``). It is judged by a distribution-free confidence interval of
+    each version's quantile (ranks of the binomial, at ``confidence`` jointly): rollback only when
+    the whole interval of the ratio is above the threshold, promote when it is all within.
+    ``latency`` chooses what is compared, always between runs measured the same way:
+    ``"wall"`` (wall-clock time of inline shadow pairs, or of each version's runs as the serving
+    primary), ``"cpu"`` (thread CPU time of every compared run, comparable even when the shadow
+    ran on a worker thread), ``"auto"`` (the default: wall where both versions have such runs,
+    else CPU), or ``None`` to leave latency out of the decision.
     """
 
     def __init__(
@@ -100,6 +117,7 @@ class Gate:
         max_latency_ratio: float = 1.25,
         confidence: float = 0.95,
         latency_quantile: str = "p95",
+        latency: str | None = "auto",
     ) -> None:
         self.min_comparisons = checks.whole_number(min_comparisons, "min_comparisons")
         self.max_mismatch_rate = _number(max_mismatch_rate, "max_mismatch_rate", 1.0)
@@ -110,15 +128,23 @@ class Gate:
             raise ValueError(f"confidence is a probability from 0.5 to below 1, got {confidence!r}")
         self.confidence = confidence
         self._z = NormalDist().inv_cdf(0.5 + confidence / 2)
-        if latency_quantile not in ("p50", "p95", "p99"):
+        # two quantile intervals make one ratio interval: each at half the risk (Bonferroni)
+        self._z_quantile = NormalDist().inv_cdf(1 - (1 - confidence) / 4)
+        if latency_quantile not in _QUANTILE_SHARES:
             raise ValueError(f"latency_quantile is 'p50', 'p95' or 'p99', got {latency_quantile!r}")
         self.latency_quantile = latency_quantile
+        if latency is not None and latency not in LATENCY_MEASURES:
+            raise ValueError(
+                f"latency is 'auto', 'wall', 'cpu' or None (no latency check), got {latency!r}"
+            )
+        self.latency = latency
 
     def __repr__(self) -> str:
         return (
             f"Gate(min_comparisons={self.min_comparisons}, max_mismatch_rate="
             f"{self.max_mismatch_rate:g}, max_error_rate={self.max_error_rate:g}, "
-            f"max_latency_ratio={self.max_latency_ratio:g}, confidence={self.confidence:g})"
+            f"max_latency_ratio={self.max_latency_ratio:g}, confidence={self.confidence:g}, "
+            f"latency_quantile={self.latency_quantile!r}, latency={self.latency!r})"
         )
 
     def _rate(self, name: str, count: int, trials: int, threshold: float) -> Check:
@@ -138,32 +164,51 @@ class Gate:
         )
         return Check(name, verdict, value, low, high, threshold, detail)
 
-    def _latency(self, routes: Iterable[RouteReport]) -> Check:
-        measured = (r.latency_ratio.get(self.latency_quantile) for r in routes)
-        ratios = [ratio for ratio in measured if ratio is not None]
+    def _latency(self, routes: list[RouteReport], comparisons: int) -> Check:
         name = f"latency ratio {self.latency_quantile}"
-        if not ratios:
+        share = _QUANTILE_SHARES[self.latency_quantile]
+        measured: list[tuple[str, str, float, float, float | None]] = []
+        for route in routes:
+            measure = self._measure(route)
+            histograms = route.latency_histogram if measure == "wall" else route.cpu_histogram
+            old = quantile_interval(histograms.get("old", []), share, self._z_quantile)
+            new = quantile_interval(histograms.get("new", []), share, self._z_quantile)
+            if old is None or new is None or old[0] <= 0:
+                continue
+            low = new[1] / old[2] if old[2] else 0.0
+            high = None if new[2] is None or old[1] <= 0 else new[2] / old[1]
+            measured.append((route.route, measure, new[0] / old[0], low, high))
+        if not measured:
             return Check(
-                name,
-                "hold",
-                None,
-                None,
-                None,
-                self.max_latency_ratio,
-                f"{name}: no latencies measured yet",
+                name, "hold", None, None, None, self.max_latency_ratio,
+                f"{name}: no latencies of both versions measured the same way yet",
+            )  # fmt: skip
+        limit = self.max_latency_ratio
+        worst = max(measured, key=lambda m: (m[3], m[2]))  # the most clearly slow route
+        where, measure, value, low, high = worst
+        shown = "inf" if high is None else f"{high:.2f}x"
+        what = f"{name} new/old ({measure} time) {value:.2f}x ({self.confidence:.0%} interval "
+        what += f"{low:.2f}x to {shown}"
+        what += f", route {where})" if len(routes) > 1 else ")"
+        verdict: Verdict
+        if low > limit and comparisons < self.min_comparisons:
+            verdict = "hold"  # a latency never rolls back on little evidence
+            detail = (
+                f"{what} is above {limit:.2f}x, judged after {self.min_comparisons} comparisons"
             )
-        worst = max(ratios)
-        verdict: Verdict = "promote" if worst <= self.max_latency_ratio else "rollback"
-        relation = "within" if verdict == "promote" else "above"
-        return Check(
-            name,
-            verdict,
-            worst,
-            worst,
-            worst,
-            self.max_latency_ratio,
-            f"{name} new/old {worst:.2f}x is {relation} {self.max_latency_ratio:.2f}x",
-        )
+        elif low > limit:
+            verdict, detail = "rollback", f"{what} is above {limit:.2f}x"
+        elif all(m[4] is not None and m[4] <= limit for m in measured):
+            verdict, detail = "promote", f"{what} is within {limit:.2f}x"
+        else:
+            verdict, detail = "hold", f"{what} is not clearly within {limit:.2f}x"
+        return Check(name, verdict, value, low, high, limit, detail)
+
+    def _measure(self, route: RouteReport) -> str:
+        if self.latency != "auto":
+            return str(self.latency)
+        both = all(route.latency_histogram.get(label) for label in ("old", "new"))
+        return "wall" if both else "cpu"
 
     def evaluate(self, report: Report | RouteReport | Iterable[RouteReport]) -> Decision:
         """Decide from a report (all its routes together), one route, or several."""
@@ -181,8 +226,9 @@ class Gate:
             self._rate(
                 "error rate", min(new_only_errors, comparisons), comparisons, self.max_error_rate
             ),
-            self._latency(routes),
         ]
+        if self.latency is not None:
+            checks.append(self._latency(routes, comparisons))
         verdict = max((c.verdict for c in checks), key=_SEVERITY.__getitem__)
         if comparisons < self.min_comparisons and verdict == "promote":
             verdict = "hold"
@@ -198,3 +244,31 @@ class Gate:
                 )
             )
         return Decision(verdict, tuple(checks), comparisons, tuple(r.route for r in routes))
+
+
+def quantile_interval(
+    histogram: list[list[float]], share: float, z: float
+) -> tuple[float, float, float | None] | None:
+    """The ``share`` quantile of a ``[[value, count], ...]`` histogram (ascending), with a
+    distribution-free confidence interval: the order statistics at the binomial ranks
+    ``n*share -/+ z*sqrt(n*share*(1-share))``. The low end is 0 and the high end None
+    (unbounded) where those ranks fall outside the sample. None if the histogram is empty."""
+    n = sum(int(count) for _, count in histogram)
+    if n == 0:
+        return None
+
+    def at(rank: int) -> float:
+        seen = 0
+        for value, count in histogram:
+            seen += int(count)
+            if seen >= rank:
+                return float(value)
+        return float(histogram[-1][0])
+
+    half = z * math.sqrt(n * share * (1 - share))
+    low_rank = math.floor(n * share - half)
+    high_rank = math.ceil(n * share + half)
+    estimate = at(max(1, math.ceil(share * n)))
+    low = at(low_rank) if low_rank >= 1 else 0.0
+    high = at(high_rank) if high_rank <= n else None
+    return estimate, low, high

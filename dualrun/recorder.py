@@ -161,10 +161,14 @@ class Observation:
     noise: tuple[Difference, ...]  # differences on paths that differ between runs of one version
     status: str  # one of STATUSES
     time: float  # seconds since the epoch
+    # How the two durations were measured: "paired" (one thread, random order: comparable) or
+    # "primary" (the shadow ran elsewhere: only the primary's wall time is comparable).
+    measured: str = "paired"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "route": self.route,
+            "measured": self.measured,
             "key": self.key,
             "primary": self.primary,
             "old": self.old.to_dict(),
@@ -194,6 +198,7 @@ class Observation:
             noise=tuple(map(difference_from_dict, _list(data.get("noise", []), "noise"))),
             status=str(status),
             time=read_time(data["time"], "time"),
+            measured="primary" if data.get("measured") == "primary" else "paired",
         )
 
 
@@ -282,6 +287,11 @@ class RouteAggregate:
         default_factory=lambda: {"old": Histogram(), "new": Histogram()}
     )
     cpu_ns: dict[str, int] = field(default_factory=lambda: {"old": 0, "new": 0})  # totals
+    # CPU time per call: thread CPU time counts only the thread's own work, so it is comparable
+    # wherever each version ran (``latency`` holds wall times measured the same way only).
+    cpu: dict[str, Histogram] = field(
+        default_factory=lambda: {"old": Histogram(), "new": Histogram()}
+    )
     groups: dict[str, DivergenceGroup] = field(default_factory=dict)
     noise_groups: dict[str, DivergenceGroup] = field(default_factory=dict)
     groups_overflow: int = 0  # differences whose signature did not fit in MAX_GROUPS
@@ -298,7 +308,12 @@ class RouteAggregate:
             self.timeouts += 1
             return
         slot = self.compared(
-            obs.old.wall_ns, obs.old.cpu_ns, obs.new.wall_ns, obs.new.cpu_ns, obs.time
+            obs.old.wall_ns,
+            obs.old.cpu_ns,
+            obs.new.wall_ns,
+            obs.new.cpu_ns,
+            obs.time,
+            None if obs.measured == "paired" else obs.primary,
         )
         if obs.status == "match":
             self.matches += 1
@@ -311,13 +326,27 @@ class RouteAggregate:
         self._group(self.noise_groups, obs.noise, obs.key)
 
     def compared(
-        self, old_wall: int, old_cpu: int, new_wall: int, new_cpu: int, when: float
+        self,
+        old_wall: int,
+        old_cpu: int,
+        new_wall: int,
+        new_cpu: int,
+        when: float,
+        primary_only: str | None = None,
     ) -> list[int]:
         """Count one comparison (its outcome is counted by the caller); return its minute's
-        ``[comparisons, mismatches]`` slot (a detached one if the minute is too old to keep)."""
+        ``[comparisons, mismatches]`` slot (a detached one if the minute is too old to keep).
+
+        ``primary_only``: the label of the primary when the shadow ran on another thread; only
+        the primary's wall time is then kept, as a shadow's wall time on a busy worker is not
+        comparable with a caller's."""
         self.comparisons += 1
-        self.latency["old"].add(old_wall)
-        self.latency["new"].add(new_wall)
+        if primary_only != "new":
+            self.latency["old"].add(old_wall)
+        if primary_only != "old":
+            self.latency["new"].add(new_wall)
+        self.cpu["old"].add(old_cpu)
+        self.cpu["new"].add(new_cpu)
         self.cpu_ns["old"] += old_cpu
         self.cpu_ns["new"] += new_cpu
         minute = int(when // 60)
@@ -354,6 +383,7 @@ class RouteAggregate:
                 k: {str(b): n for b, n in h.buckets.items()} for k, h in self.latency.items()
             },
             "cpu_ns": dict(self.cpu_ns),
+            "cpu": {k: {str(b): n for b, n in h.buckets.items()} for k, h in self.cpu.items()},
             "groups": [_group_dict(g) for g in self.groups.values()],
             "noise_groups": [_group_dict(g) for g in self.noise_groups.values()],
             "timeline": {str(minute): counts for minute, counts in self.timeline.items()},
@@ -371,15 +401,16 @@ class RouteAggregate:
             raise ValueError("more mismatches than comparisons")
         aggregate.errors = _per_label(data, "errors")
         aggregate.cpu_ns = _per_label(data, "cpu_ns")
-        latency = _dict(data["latency"], "latency")
-        for label in LABELS:
-            histogram = aggregate.latency[label]
-            for bucket, n in _dict(latency.get(label, {}), "latency").items():
-                number = int(bucket)
-                if not 0 <= number < _MAX_BUCKET:
-                    raise ValueError(f"latency bucket {number} does not exist")
-                histogram.buckets[number] = _int(n, "a bucket's count")
-                histogram.count += histogram.buckets[number]
+        for name, into in (("latency", aggregate.latency), ("cpu", aggregate.cpu)):
+            given = _dict(data[name] if name == "latency" else data.get(name, {}), name)
+            for label in LABELS:
+                histogram = into[label]
+                for bucket, n in _dict(given.get(label, {}), name).items():
+                    number = int(bucket)
+                    if not 0 <= number < _MAX_BUCKET:
+                        raise ValueError(f"{name} bucket {number} does not exist")
+                    histogram.buckets[number] = _int(n, "a bucket's count")
+                    histogram.count += histogram.buckets[number]
         for key, target in (("groups", aggregate.groups), ("noise_groups", aggregate.noise_groups)):
             for g in _list(data.get(key, []), key):
                 g = _dict(g, "a group")
@@ -409,6 +440,7 @@ class RouteAggregate:
         for label in ("old", "new"):
             self.errors[label] += other.errors[label]
             self.latency[label].merge(other.latency[label])
+            self.cpu[label].merge(other.cpu[label])
             self.cpu_ns[label] += other.cpu_ns[label]
         for mine, theirs in ((self.groups, other.groups), (self.noise_groups, other.noise_groups)):
             for signature, group in theirs.items():
@@ -441,12 +473,15 @@ class RouteAggregate:
         for label in ("old", "new"):
             delta.errors[label] = self.errors[label] - previous.errors[label]
             delta.cpu_ns[label] = self.cpu_ns[label] - previous.cpu_ns[label]
-            now, before, into = self.latency[label], previous.latency[label], delta.latency[label]
-            for bucket, n in now.buckets.items():
-                added = n - before.buckets.get(bucket, 0)
-                if added:
-                    into.buckets[bucket] = added
-                    into.count += added
+            for now, before, into in (
+                (self.latency[label], previous.latency[label], delta.latency[label]),
+                (self.cpu[label], previous.cpu[label], delta.cpu[label]),
+            ):
+                for bucket, n in now.buckets.items():
+                    added = n - before.buckets.get(bucket, 0)
+                    if added:
+                        into.buckets[bucket] = added
+                        into.count += added
         for now_groups, before_groups, into_groups in (
             (self.groups, previous.groups, delta.groups),
             (self.noise_groups, previous.noise_groups, delta.noise_groups),
@@ -539,13 +574,19 @@ class Recorder:
             sink(obs)
 
     def record_match(
-        self, route: str, old_wall: int, old_cpu: int, new_wall: int, new_cpu: int
+        self,
+        route: str,
+        old_wall: int,
+        old_cpu: int,
+        new_wall: int,
+        new_cpu: int,
+        primary_only: str | None = None,
     ) -> None:
         """The common case, kept cheap: both versions agreed and nothing else happened."""
         when = time.time()
         with self._lock:
             aggregate = self._route(route)
-            aggregate.compared(old_wall, old_cpu, new_wall, new_cpu, when)
+            aggregate.compared(old_wall, old_cpu, new_wall, new_cpu, when, primary_only)
             aggregate.matches += 1
         if self.match_listener is not None:
             self.match_listener(route, (old_wall, old_cpu), (new_wall, new_cpu))

@@ -102,6 +102,12 @@ def _summary(route: RouteReport) -> list[tuple[str, str]]:
             rows.append(
                 ("latency", "  ".join(_latency(route, name) for name in ("p50", "p95", "p99")))
             )
+            if any(not route.latency_histogram.get(label) for label in ("old", "new")):
+                rows.append(("", WALL_NOT_COMPARABLE))
+        if route.cpu_ns:
+            rows.append(
+                ("cpu time", "  ".join(_cpu(route, name) for name in ("p50", "p95", "p99")))
+            )
     if route.internal_errors:
         rows.append(
             (
@@ -129,9 +135,20 @@ def pending_interceptions(targets: list[str]) -> str:
     return f"pending interceptions ({PENDING_INTERCEPTIONS}): {', '.join(targets)}"
 
 
+WALL_NOT_COMPARABLE = (
+    "(wall time of runs measured the same way only: a shadow on another thread is timed by "
+    "that thread's load, so compare cpu time)"
+)
+
+
 def _latency(route: RouteReport, name: str) -> str:
     old, new = route.latency_ns["old"][name], route.latency_ns["new"][name]
     return f"{name} old {duration(old)} new {duration(new)} ({ratio(route.latency_ratio[name])})"
+
+
+def _cpu(route: RouteReport, name: str) -> str:
+    old, new = route.cpu_ns["old"][name], route.cpu_ns["new"][name]
+    return f"{name} old {duration(old)} new {duration(new)} ({ratio(route.cpu_ratio[name])})"
 
 
 def _divergence_rows(divergences: list[Divergence], top: int | None) -> list[tuple[str, ...]]:

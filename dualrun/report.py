@@ -64,10 +64,17 @@ class RouteReport:
     new_only_errors: int = 0  # comparisons where new raised and old did not
     mismatch_rate: float | None = None
     mismatch_rate_ci: tuple[float, float] | None = None
+    # Wall-clock latency of runs measured the same way only: both runs of an inline shadow (one
+    # thread, random order), and the primary's run otherwise (a shadow on a worker thread is
+    # timed by how busy that thread is, not by its code).
     latency_ns: dict[str, dict[str, float | None]] = field(default_factory=dict)
     latency_ratio: dict[str, float | None] = field(default_factory=dict)  # new / old
     # [[ns, count], ...] per version: the distributions behind the quantiles
     latency_histogram: dict[str, list[list[float]]] = field(default_factory=dict)
+    # CPU time of every compared run (thread CPU time: comparable wherever a version ran)
+    cpu_ns: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    cpu_ratio: dict[str, float | None] = field(default_factory=dict)  # new / old
+    cpu_histogram: dict[str, list[list[float]]] = field(default_factory=dict)
     divergences: list[Divergence] = field(default_factory=list)
     noise_divergences: list[Divergence] = field(default_factory=list)
     divergences_overflow: int = 0
@@ -108,15 +115,19 @@ def route_report(
     if aggregate.comparisons:
         report.mismatch_rate = aggregate.mismatches / aggregate.comparisons
         report.mismatch_rate_ci = wilson(aggregate.mismatches, aggregate.comparisons)
-    for label in ("old", "new"):
-        histogram = aggregate.latency[label]
-        report.latency_ns[label] = {name: histogram.quantile(q) for name, q in QUANTILES}
-        report.latency_histogram[label] = [
-            [bucket_value(bucket), count] for bucket, count in sorted(histogram.buckets.items())
-        ]
-    for name, _ in QUANTILES:
-        old, new = report.latency_ns["old"][name], report.latency_ns["new"][name]
-        report.latency_ratio[name] = new / old if old and new is not None else None
+    for quantiles, ratios, histograms, source in (
+        (report.latency_ns, report.latency_ratio, report.latency_histogram, aggregate.latency),
+        (report.cpu_ns, report.cpu_ratio, report.cpu_histogram, aggregate.cpu),
+    ):
+        for label in ("old", "new"):
+            histogram = source[label]
+            quantiles[label] = {name: histogram.quantile(q) for name, q in QUANTILES}
+            histograms[label] = [
+                [bucket_value(bucket), count] for bucket, count in sorted(histogram.buckets.items())
+            ]
+        for name, _ in QUANTILES:
+            old, new = quantiles["old"][name], quantiles["new"][name]
+            ratios[name] = new / old if old and new is not None else None
     report.divergences = _divergences(aggregate.groups, aggregate.comparisons)
     report.noise_divergences = _divergences(aggregate.noise_groups, aggregate.comparisons)
     report.timeline = [[minute, *counts] for minute, counts in sorted(aggregate.timeline.items())]

@@ -234,6 +234,10 @@ class ShadowRunner:
     def __init__(self, config: Shadow, recorder: Recorder) -> None:
         self.config = config
         self.recorder = recorder
+        # Both runs in the caller's thread, in random order: their wall times are comparable.
+        # Otherwise (background, or an inline shadow bounded on a helper thread) only the
+        # primary's wall time is measured as a caller sees it.
+        self._paired = config.mode == "inline" and config.timeout is None
         # route -> generalised paths seen to be noisy, and the same as rules that match a path
         # and everything below it (compiled again only when a path is learnt)
         self._noise: dict[str, set[str]] = {}
@@ -564,7 +568,14 @@ class ShadowRunner:
                 differences = [d for d in differences if not rules.matches(d.path)]
             status = "mismatch" if differences else "noise" if noise else "match"
             if status == "match" and old.error is None and new.error is None:
-                self.recorder.record_match(target, old.wall_ns, old.cpu_ns, new.wall_ns, new.cpu_ns)
+                self.recorder.record_match(
+                    target,
+                    old.wall_ns,
+                    old.cpu_ns,
+                    new.wall_ns,
+                    new.cpu_ns,
+                    None if self._paired else label,
+                )
                 return
         key = (
             None
@@ -583,6 +594,7 @@ class ShadowRunner:
             noise=tuple(noise),
             status=status,
             time=time.time(),
+            measured="paired" if self._paired else "primary",
         )
         redact = self.config.redact
         self.recorder.record(observation if redact is None else redacted(observation, redact))

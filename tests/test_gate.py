@@ -43,7 +43,15 @@ def route(
         errors={"old": errors[0], "new": errors[1]},
         new_only_errors=max(0, errors[1] - errors[0]),
         latency_ratio={} if ratio is None else {"p50": ratio, "p95": ratio, "p99": ratio},
+        latency_histogram={} if ratio is None else timings(ratio),
+        cpu_histogram={} if ratio is None else timings(ratio),
     )
+
+
+def timings(ratio: float, samples: int = 1000) -> dict[str, list[list[float]]]:
+    """Latencies of both versions, each all alike, new ``ratio`` times old's: the quantile
+    intervals are as narrow as they get, so the latency check decides on the ratio alone."""
+    return {"old": [[1000.0, samples]], "new": [[1000.0 * ratio, samples]]}
 
 
 def z_of(confidence: float) -> float:
@@ -123,7 +131,9 @@ def test_no_comparisons_hold_whatever_the_thresholds() -> None:
     assert decision.verdict == "hold"
     rate = check(decision, "mismatch rate")
     assert (rate.value, rate.low, rate.high) == (None, 0.0, 1.0)
-    assert check(decision, "latency ratio p95").detail.endswith("no latencies measured yet")
+    assert check(decision, "latency ratio p95").detail.endswith(
+        "no latencies of both versions measured the same way yet"
+    )
 
 
 def test_error_rate_counts_only_the_errors_new_adds_over_old() -> None:
@@ -152,13 +162,14 @@ def test_latency_ratio_compares_the_chosen_quantile_of_the_worst_route() -> None
     latency = check(slow, "latency ratio p95")
     assert (slow.verdict, latency.verdict, latency.value) == ("rollback", "rollback", 1.3)
     assert slow.routes == ("a:f", "b:g") and slow.comparisons == 200
-    assert "1.30x is above 1.25x" in latency.detail
+    assert "1.30x (95% interval 1.30x to 1.30x, route b:g) is above 1.25x" in latency.detail
     # The quantile is chosen: a p50 gate reads p50.
     p50 = Gate(
         min_comparisons=1, max_mismatch_rate=0.05, max_error_rate=0.05, latency_quantile="p50"
     )
     report = route(200)
-    report.latency_ratio = {"p50": 1.0, "p95": 9.0, "p99": 9.0}
+    # new: as fast as old for 90% of calls, 9x slower for the slowest 10%
+    report.latency_histogram = {"old": [[1000.0, 1000]], "new": [[1000.0, 900], [9000.0, 100]]}
     assert p50.evaluate(report).verdict == "promote"
     assert gate.evaluate(report).verdict == "rollback"
 
@@ -337,6 +348,8 @@ def test_verdict_agrees_with_the_score_test_oracle(gate: Gate, aggregate: dict[s
     latency = (
         "hold" if ratio is None else "promote" if ratio <= gate.max_latency_ratio else "rollback"
     )
+    if latency == "rollback" and n < gate.min_comparisons:
+        latency = "hold"  # latency decides only past min_comparisons
     expected = max((rate, errors, latency), key=SEVERITY.__getitem__)
     if expected == "promote" and n < gate.min_comparisons:
         expected = "hold"

@@ -33,9 +33,7 @@ def bench(tmp_path: Path) -> Iterator[Bench]:
 
 def small_gate() -> Gate:
     # Latency of microsecond functions is noise: this file is about mismatches.
-    return Gate(
-        min_comparisons=50, max_mismatch_rate=0.05, max_error_rate=0.05, max_latency_ratio=1e6
-    )
+    return Gate(min_comparisons=50, max_mismatch_rate=0.05, max_error_rate=0.05, latency=None)
 
 
 class Traffic:
