@@ -9,6 +9,7 @@ fails. The verdict is ``rollback`` if any check fails, ``promote`` if all pass, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
