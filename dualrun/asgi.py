@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
+from dualrun import web
 from dualrun.context import Label, RequestContext, current_request
 from dualrun.web import (
     NO_ATTRS,
@@ -155,8 +156,10 @@ class DualrunASGI:
             failed = True
             raise
         finally:
-            current_request.reset(token)
             label = served_version(state.pin, state.decisions) or "none"
+            if web.annotate is not None:  # the serving version on the request's span
+                web.annotate(label, pin is not None)
+            current_request.reset(token)
             next(settings.stats.served[label])
             if failed:
                 next(settings.stats.errors[label])

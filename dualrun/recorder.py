@@ -534,6 +534,13 @@ class Listener(Protocol):
     def counted(self, route: str, what: str, detail: str | None) -> None: ...
 
 
+class Metrics(Protocol):
+    """Told each compared call's wall times after they are added (``dualrun.otel``'s latency
+    histograms): quick, and never raising."""
+
+    def compared(self, route: str, old_wall: int, new_wall: int) -> None: ...
+
+
 class Recorder:
     """Thread-safe home of the aggregates.
 
@@ -550,6 +557,7 @@ class Recorder:
         # publish does); called in the recording thread, so they must be quick and not raise.
         self.sinks: list[Callable[[Observation], None]] = []
         self.match_listener: Callable[[str, tuple[int, int], tuple[int, int]], None] | None = None
+        self.metrics: Metrics | None = None
         forks.register(self)
 
     def after_fork_in_child(self) -> None:
@@ -572,6 +580,8 @@ class Recorder:
                 self.listener.observed(self._seq, obs)
         for sink in self.sinks:
             sink(obs)
+        if self.metrics is not None and obs.status != "timeout":
+            self.metrics.compared(obs.route, obs.old.wall_ns, obs.new.wall_ns)
 
     def record_match(
         self,
@@ -590,6 +600,8 @@ class Recorder:
             aggregate.matches += 1
         if self.match_listener is not None:
             self.match_listener(route, (old_wall, old_cpu), (new_wall, new_cpu))
+        if self.metrics is not None:
+            self.metrics.compared(route, old_wall, new_wall)
 
     def count(self, route: str, what: str, detail: str | None = None) -> None:
         """Count a shadow run that yielded no observation: dropped, skipped, internal_errors."""

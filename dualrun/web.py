@@ -10,6 +10,7 @@ ignored (or answered 400 with ``reject=True``); it never raises into the applica
 from __future__ import annotations
 
 import ipaddress
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Literal
@@ -197,6 +198,17 @@ def served_version(pin: Label | None, decisions: Mapping[Any, Any]) -> Label | N
     return None
 
 
+_all_stats: weakref.WeakSet[WebStats] = weakref.WeakSet()
+annotate: Callable[[str, bool], None] | None = None
+"""Set by ``dualrun.otel.instrument``: called with the serving version (and whether it was
+pinned) at the end of each request, in the request's context."""
+
+
+def all_stats() -> list[WebStats]:
+    """The counts of every middleware alive in this process."""
+    return list(_all_stats)
+
+
 class Settings:
     """The middleware's options, checked once; shared by :mod:`dualrun.wsgi` and
     :mod:`dualrun.asgi`."""
@@ -230,4 +242,5 @@ class Settings:
             )
         self.served_by = served_by_header.strip() if served_by_header else None
         self.stats = WebStats()
+        _all_stats.add(self.stats)
         self.needs_request = any(callable(s) for s in (self.key, *self.attrs.values()))

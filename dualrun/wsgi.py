@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from dualrun import web
 from dualrun.context import Label, RequestContext, current_request
 from dualrun.web import (
     NO_ATTRS,
@@ -215,5 +216,10 @@ class DualrunWSGI:
             finish()
             raise
         finally:
+            if web.annotate is not None:  # the serving version on the request's span
+                web.annotate(served_version(pin, state.decisions) or "none", pin is not None)
             current_request.reset(token)
+        if type(body) is list:  # nothing runs while a list is sent: the request is over
+            finish()
+            return body
         return _Body(body, finish)

@@ -200,3 +200,77 @@ class Servers:
     def stop_all(self) -> None:
         for server in reversed(self.started):
             server.stop()
+
+
+PROMETHEUS_CONFIG = """\
+global:
+  scrape_interval: {interval}
+  evaluation_interval: {interval}
+scrape_configs:
+  - job_name: shop
+    static_configs:
+      - targets: [{targets}]
+"""
+
+
+def prometheus_binary() -> str:
+    """The ``prometheus`` executable, or a skip saying how to get one (a failure when
+    ``DUALRUN_REQUIRE_PROMETHEUS=1``, as ``.ci/run`` sets after installing it)."""
+    import shutil
+
+    import pytest
+
+    found = shutil.which("prometheus")
+    if found is None:
+        if os.environ.get("DUALRUN_REQUIRE_PROMETHEUS") == "1":
+            pytest.fail("DUALRUN_REQUIRE_PROMETHEUS=1 but no prometheus on PATH")
+        pytest.skip(
+            "needs the prometheus server: `apt-get install prometheus` (Debian), or set "
+            "DUALRUN_REQUIRE_PROMETHEUS=1 to make its absence a failure"
+        )
+    return found
+
+
+@contextlib.contextmanager
+def prometheus(
+    work_dir: Path, targets: list[str], interval: str = "1s", ready_timeout: float = 30.0
+) -> Iterator[str]:
+    """A Prometheus server on a free 127.0.0.1 port scraping ``targets`` (``host:port``)
+    every ``interval``, with its own config and data directory; yields its URL and is
+    stopped (its process group killed) on the way out."""
+    binary = prometheus_binary()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    config = work_dir / "prometheus.yml"
+    quoted = ", ".join(f"'{t}'" for t in targets)
+    config.write_text(PROMETHEUS_CONFIG.format(interval=interval, targets=quoted))
+    port = free_port()
+    log = work_dir / "prometheus.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={work_dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.enable-lifecycle",
+            ],
+            cwd=work_dir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server("prometheus", f"http://127.0.0.1:{port}", process, log, 1)  # type: ignore[arg-type]
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"prometheus exited early:\n{server.output()}")
+            with contextlib.suppress(httpx.TransportError):
+                if _CLIENT.get(server.url + "/-/ready", timeout=2.0).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"prometheus not ready:\n{server.output()}")
+            time.sleep(0.1)
+        yield server.url
+    finally:
+        server.stop(timeout=5)

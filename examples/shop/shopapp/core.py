@@ -12,6 +12,8 @@ with many workers can be started with nothing but a command line:
 ``SHOP_PIN_SECRET``         allow requests signed with this secret to pin a version
                             (``X-Dualrun-Version: <token from dualrun pin-token>``)
 ``SHOP_SERVED_BY``          ``1`` (default) adds ``X-Dualrun-Served-By`` to responses
+``SHOP_METRICS_PORTS``      comma-separated ports; each worker serves its OpenTelemetry
+                            metrics in Prometheus' format on the first one that is free
 ==========================  ================================================================
 """
 
@@ -40,6 +42,7 @@ class Shop:
     dispatcher: dualrun.Dispatcher
     quote: Callable[[dict[str, Any]], dict[str, Any]]
     middleware_options: dict[str, Any] = field(default_factory=dict)
+    metrics_port: int | None = None
 
     def close(self) -> None:
         self.dispatcher.close()
@@ -70,7 +73,13 @@ def build(env: Mapping[str, str] = os.environ) -> Shop:
         "served_by_header": env.get("SHOP_SERVED_BY", "1") == "1",
         "pins": None if not secret else Pins(secret, header=PIN_HEADER),
     }
-    return Shop(dispatcher, dispatcher.route("pricing.engine:quote"), options)
+    shop = Shop(dispatcher, dispatcher.route("pricing.engine:quote"), options)
+    ports = env.get("SHOP_METRICS_PORTS")
+    if ports:
+        from shopapp.metrics import serve_metrics
+
+        shop.metrics_port, _ = serve_metrics(dispatcher, [int(p) for p in ports.split(",")])
+    return shop
 
 
 def cart_from_query(items: str) -> dict[str, Any]:
