@@ -244,6 +244,7 @@ class EventLog:
                 self._write_pending()
             finally:
                 item.set()
+            self._maybe_summarize()  # a caller flushing in a loop must not starve summaries
             return False
         # Write when the queue runs dry, and also every _BATCH_LINES lines: a producer that
         # never lets the queue empty must not keep lines (and summaries) back indefinitely.

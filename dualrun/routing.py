@@ -157,6 +157,44 @@ class Route:
         """Calls running in the version bound to ``label`` now, serving callers or as shadows."""
         return sum(peek(entered) - peek(left) for entered, left in self.counters(label))
 
+    # -- migrations ------------------------------------------------------------------------
+
+    def owner_of(self, value: Any, label: Label) -> Label | None:
+        """The label of the other version if ``value`` was made by it, else None."""
+        module = type(value).__module__
+        prefixes = self._prefixes
+        if module.startswith(prefixes[label]):
+            return None
+        for owner, prefix in prefixes.items():
+            if owner != label and module.startswith(prefix):
+                return owner
+        return None
+
+    def migrate(self, value: Any, label: Label) -> Any:
+        """``value`` for a run in ``label``'s version: converted by the migration hook if the
+        other version made it."""
+        owner = self.owner_of(value, label)
+        convert = None if owner is None else self._dispatcher.migrations.get((owner, label))
+        if convert is None:
+            return value
+        next(self.migrations)
+        return convert(value)
+
+    @property
+    def migrating(self) -> bool:
+        """Whether migration hooks are registered (values then cross versions converted)."""
+        return bool(self._dispatcher.migrations)
+
+    def migrate_arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], label: Label
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Arguments for a run in ``label``'s version (a shadow run gets its own version's
+        values, as the serving run does)."""
+        migrate = self.migrate
+        return tuple(migrate(a, label) for a in args), {
+            k: migrate(v, label) for k, v in kwargs.items()
+        }
+
     # -- the hot path ----------------------------------------------------------------------
 
     def wrapper(self, prepend_instance: bool = False) -> Wrapper:
@@ -169,31 +207,13 @@ class Route:
         decide = dispatcher._decide
         get_request = current_request.get
         method = self.kind is Kind.METHOD
-        prefixes = self._prefixes
         crossings = self.crossings
         outside = self.outside
         migrations = dispatcher.migrations
-        migrated = self.migrations
         slots = self.slots
         serving = self.serving
-
-        def owner_of(value: Any, label: Label) -> Label | None:
-            """The label of the other version if ``value`` was made by it, else None."""
-            module = type(value).__module__
-            if module.startswith(prefixes[label]):
-                return None
-            for owner, prefix in prefixes.items():
-                if owner != label and module.startswith(prefix):
-                    return owner
-            return None
-
-        def migrate(value: Any, label: Label) -> Any:
-            owner = owner_of(value, label)
-            convert = None if owner is None else migrations.get((owner, label))
-            if convert is None:
-                return value
-            next(migrated)
-            return convert(value)
+        owner_of = self.owner_of
+        migrate = self.migrate
 
         def choose(
             instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]

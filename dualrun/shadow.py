@@ -163,6 +163,17 @@ def _shadow_request(request: RequestContext, label: Label) -> RequestContext:
     return RequestContext(request.key, label, request.attrs, {})
 
 
+def _migrating(route: Route, fn: Callable[..., Any], label: Label) -> Callable[..., Any]:
+    """``fn`` on arguments converted for ``label``'s version by the migration hooks, inside
+    the run: a hook that fails is that run's outcome."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        args, kwargs = route.migrate_arguments(args, kwargs, label)
+        return fn(*args, **kwargs)
+
+    return run
+
+
 def _shared(first: Args, second: Args) -> bool:
     """Whether the shadow got the very same argument objects (nothing was copied)."""
     return first[0] is second[0] and first[1] is second[1]
@@ -414,6 +425,8 @@ class ShadowRunner:
         """Run the other version (or ``runs_as``) on ``args``; bounded by the timeout inline."""
         runs = runs_as or other(label)
         fn, entered, left = route.shadow_slots[runs]
+        if route.migrating:
+            fn = _migrating(route, fn, runs)
         shadow_request = _shadow_request(request, runs)
         timeout = self.config.timeout
         if timeout is None or self.config.mode == "background":
@@ -692,6 +705,8 @@ class ShadowRunner:
     ) -> _Result:
         runs = runs_as or other(label)
         fn, entered, left = route.shadow_slots[runs]
+        if route.migrating:
+            fn = _migrating(route, fn, runs)
         next(entered)
         try:
             return await _execute_async(

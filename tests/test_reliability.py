@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import json
 import os
@@ -22,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from lifecycle_helpers import Bench, wait_until
 from shadow_helpers import Lab, route_report
+from test_lifecycle import quote_pair
 
 import dualrun
 from dualrun import eventlog
@@ -625,3 +628,114 @@ def test_a_rollout_whose_gate_raises_rolls_back_and_ends(bench: Bench, exc: Base
     assert isinstance(d.policy, dualrun.Fixed) and d.policy.label == "old"
     assert wait_until(lambda: len(_rollout_threads()) == before)
     assert all(quote(i)[0] == "A" for i in range(20))
+
+
+# -- paths no test walked: migrations reach the shadow ----------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["inline", "background"])
+def test_with_migrate_the_shadow_gets_values_converted_for_its_version(
+    bench: Bench, mode: str
+) -> None:
+    versions, old, _, migrate = quote_pair(bench)
+    shadow = dualrun.Shadow(mode=mode, clean=lambda quote: quote.total()[1:])
+    d = bench.dispatcher(versions, migrate=migrate, shadow=shadow)
+    add = d.route(f"{bench.name}.engine:add")
+    start = old.make(12.5, "CHF")
+    for _ in range(10):
+        result = add(start, 1)  # served by old; new's shadow needs a new Quote
+        assert type(result) is old.Quote and result.amount == 13.5
+    assert d.flush(5)
+    report = d.report().route(f"{bench.name}.engine:add")
+    assert (report.comparisons, report.matches, report.mismatches) == (10, 10, 0), report
+    assert (start.amount, start.currency) == (12.5, "CHF")
+
+
+# -- paths no test walked: a background shadow keeps the caller's context ---------------------
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_background_divergence_event_carries_the_callers_structlog_context(
+    lab: Lab, tmp_path: Path, flavour: str
+) -> None:
+    body = "def f(x):\n    return x{}\n\nasync def af(x):\n    return x{}\n"
+    versions = lab.pair(body.format("", ""), body.format(" + 1", " + 1"))
+    path = tmp_path / "log.jsonl"
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow(mode="background"), log=str(path))
+    ids = [f"req-{i}" for i in range(6)]
+
+    if flavour == "sync":
+        f = d.route(lab.target("f"))
+
+        def one(request_id: str, i: int) -> None:
+            with structlog.contextvars.bound_contextvars(request_id=request_id):
+                assert f(i) == i
+
+        for i, request_id in enumerate(ids):
+            contextvars.copy_context().run(one, request_id, i)
+    else:
+        af = d.route(lab.target("af"))
+
+        async def one_async(request_id: str, i: int) -> None:
+            with structlog.contextvars.bound_contextvars(request_id=request_id):
+                assert await af(i) == i
+
+        async def main() -> None:
+            await asyncio.gather(*(one_async(r, i) for i, r in enumerate(ids)))
+            while asyncio.all_tasks() - {asyncio.current_task()}:
+                await asyncio.sleep(0.001)  # the background comparisons on this loop
+
+        asyncio.run(main())
+    assert d.flush(5)
+    d.close()
+    divergences = [e for e in _lines(path) if e["event"] == "dualrun.divergence"]
+    assert len(divergences) == len(ids)
+    by_value = {json.loads(e["old"]["value"]): e.get("request_id") for e in divergences}
+    assert by_value == {i: request_id for i, request_id in enumerate(ids)}
+
+
+# -- paths no test walked: periodic summaries, routes made after a retirement -------------------
+
+
+def test_periodic_summaries_carry_calls_and_matches_before_any_close(
+    lab: Lab, tmp_path: Path
+) -> None:
+    versions = lab.pair("def f(x):\n    return x\n", "def f(x):\n    return x if x % 4 else -x\n")
+    path = tmp_path / "log.jsonl"
+    log = EventLog(path, summary_interval=0.05)
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow(), log=log)
+    f = d.route(lab.target("f"))
+    for i in range(1, 21):
+        f(i)
+
+    def summed() -> dict[str, int]:
+        log.flush(5)
+        totals = {"calls": 0, "comparisons": 0, "matches": 0}
+        for event in _lines(path):  # what a SIGKILLed process leaves: no final summary
+            if event["event"] == "dualrun.summary":
+                entry = event["routes"].get(lab.target("f"), {})
+                totals["calls"] += entry.get("calls", {}).get("old", 0)
+                aggregate = entry.get("aggregate", {})
+                totals["comparisons"] += aggregate.get("comparisons", 0)
+                totals["matches"] += aggregate.get("matches", 0)
+        return totals
+
+    expected = {"calls": 20, "comparisons": 20, "matches": 15}
+    assert wait_until(lambda: summed() == expected, timeout=5), summed()
+
+
+def test_a_route_made_after_a_retirement_serves_and_counts_the_live_version(
+    bench: Bench,
+) -> None:
+    d = bench.dispatcher(bench.pair("A", "B"))
+    first = d.route(bench.target)
+    first(1)
+    d.promote(retire=True)
+    assert d.wait_retired(5)
+    later = d.route(f"{bench.name}.engine:version")  # made after old was unloaded
+    with dualrun.context(pin="old"):
+        assert later() == "B"
+        assert first(2)[0] == "B"
+    assert later() == "B"
+    report = d.report().route(f"{bench.name}.engine:version")
+    assert report.calls == {"old": 0, "new": 2}
