@@ -31,7 +31,7 @@ from typing import Any
 from dualrun import checks, forks
 from dualrun.compare import describe, type_name
 from dualrun.counters import new_counter, peek
-from dualrun.eventlog import SCHEMA, EventLog, _LineFile
+from dualrun.eventlog import SCHEMA, EventLog, _LineFile, at_exit
 from dualrun.typedjson import Redactor, decode, encode, error_from
 from dualrun.workers import WorkerPool
 
@@ -129,6 +129,7 @@ class Tap:
         self._file: _LineFile | None = None
         self._renew()
         forks.register(self)
+        at_exit(self._at_exit)  # queued calls are written when the process exits
 
     def _renew(self) -> None:
         """This process's identity (the event log's, when there is one), file and counts."""
@@ -324,6 +325,9 @@ class Tap:
     def _flush_file(self) -> None:
         if self._file is not None:
             self._lost(self._file.write_pending())
+
+    def _at_exit(self) -> None:
+        self.flush(timeout=5.0)
 
     def close(self, timeout: float | None = 5.0) -> None:
         self.flush(timeout)

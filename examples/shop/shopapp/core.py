@@ -9,6 +9,8 @@ with many workers can be started with nothing but a command line:
                             (default 0: off)
 ``SHOP_SHADOW_MODE``        ``inline`` (default) or ``background``
 ``SHOP_EVENT_LOG``          the event log path; ``{pid}`` in it becomes the worker's pid
+``SHOP_RECORD``             record every quote call here, for ``dualrun replay`` (``{pid}``
+                            as above)
 ``SHOP_PIN_SECRET``         allow requests signed with this secret to pin a version
                             (``X-Dualrun-Version: <token from dualrun pin-token>``)
 ``SHOP_SERVED_BY``          ``1`` (default) adds ``X-Dualrun-Served-By`` to responses
@@ -66,6 +68,7 @@ def build(env: Mapping[str, str] = os.environ) -> Shop:
         policy=dualrun.Canary(percent=float(env.get("SHOP_CANARY", "50"))),
         shadow=shadow,
         log=log,
+        record=env.get("SHOP_RECORD") or None,
     )
     secret = env.get("SHOP_PIN_SECRET")
     options: dict[str, Any] = {
