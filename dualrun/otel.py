@@ -176,10 +176,14 @@ class Instrumentation:
 
     # -- fed by the recorder, for each compared call (dualrun.recorder.Metrics) ------------
 
-    def compared(self, route: str, old_wall: int, new_wall: int) -> None:
+    def compared(self, route: str, old_wall: int, new_wall: int, primary_only: str | None) -> None:
+        # As in the aggregate: a shadow's wall time on a worker thread is not comparable with a
+        # caller's, so only the primary's is kept then.
         with contextlib.suppress(Exception):
-            self.duration.record(old_wall / 1e9, {ROUTE: route, VERSION: "old"})
-            self.duration.record(new_wall / 1e9, {ROUTE: route, VERSION: "new"})
+            if primary_only != "new":
+                self.duration.record(old_wall / 1e9, {ROUTE: route, VERSION: "old"})
+            if primary_only != "old":
+                self.duration.record(new_wall / 1e9, {ROUTE: route, VERSION: "new"})
 
     # -- read when the SDK collects --------------------------------------------------------
 

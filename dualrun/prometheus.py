@@ -99,6 +99,22 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
     return lower
 
 
+def _distribution(buckets: dict[float, float]) -> list[list[float]]:
+    """Cumulative ``{upper bound (s): count}`` as the report's ``[[ns, count], ...]``: each
+    bucket's count at its middle (the highest finite bound for the last one)."""
+    rows: list[list[float]] = []
+    lower, below = 0.0, 0.0
+    for bound in sorted(buckets):
+        count = round(buckets[bound] - below)
+        value = lower if math.isinf(bound) else (lower + bound) / 2
+        if count > 0:
+            rows.append([value * 1e9, count])
+        if not math.isinf(bound):
+            lower = bound
+        below = buckets[bound]
+    return rows
+
+
 class PrometheusEvidence:
     """The fleet's comparisons, errors and latencies from Prometheus, for a gate.
 
@@ -220,6 +236,7 @@ def _route_report(name: str, numbers: _Route) -> RouteReport:
         report.mismatch_rate_ci = wilson(report.mismatches, report.comparisons)
     for version in ("old", "new"):
         buckets = numbers.buckets.get(version, {})
+        report.latency_histogram[version] = _distribution(buckets)
         report.latency_ns[version] = {
             label: None if (value := quantile(q, buckets)) is None else value * 1e9
             for label, q in QUANTILES

@@ -536,9 +536,12 @@ class Listener(Protocol):
 
 class Metrics(Protocol):
     """Told each compared call's wall times after they are added (``dualrun.otel``'s latency
-    histograms): quick, and never raising."""
+    histograms): quick, and never raising. ``primary_only``: as for
+    :meth:`RouteAggregate.compared`, only that version's wall time is comparable."""
 
-    def compared(self, route: str, old_wall: int, new_wall: int) -> None: ...
+    def compared(
+        self, route: str, old_wall: int, new_wall: int, primary_only: str | None
+    ) -> None: ...
 
 
 class Recorder:
@@ -581,7 +584,8 @@ class Recorder:
         for sink in self.sinks:
             sink(obs)
         if self.metrics is not None and obs.status != "timeout":
-            self.metrics.compared(obs.route, obs.old.wall_ns, obs.new.wall_ns)
+            primary_only = None if obs.measured == "paired" else obs.primary
+            self.metrics.compared(obs.route, obs.old.wall_ns, obs.new.wall_ns, primary_only)
 
     def record_match(
         self,
@@ -601,7 +605,7 @@ class Recorder:
         if self.match_listener is not None:
             self.match_listener(route, (old_wall, old_cpu), (new_wall, new_cpu))
         if self.metrics is not None:
-            self.metrics.compared(route, old_wall, new_wall)
+            self.metrics.compared(route, old_wall, new_wall, primary_only)
 
     def count(self, route: str, what: str, detail: str | None = None) -> None:
         """Count a shadow run that yielded no observation: dropped, skipped, internal_errors."""

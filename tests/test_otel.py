@@ -4,6 +4,7 @@ the SDK's in-memory metric reader; the serving version lands on the request's sp
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,9 @@ def test_web_requests_pins_and_the_version_on_the_span(
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = tracer_provider.get_tracer("test")
+    gc.collect()  # the counts of middleware that other tests left behind, gone
     handle = otel.instrument(dispatcher, meter_provider=MeterProvider(metric_readers=[reader]))
+    earlier = points(reader)  # counts of other tests' middleware still alive, if any
 
     def request(**headers: str) -> None:
         environ: dict[str, Any] = {}
@@ -186,12 +189,16 @@ def test_web_requests_pins_and_the_version_on_the_span(
     request(X_User="x", X_Dualrun_Version="new.1.forged", X_Fail="1")
     found = points(reader)
     stats = middleware.stats()
-    assert total(found, "dualrun.requests") == stats["requests"] == 12
+
+    def added(name: str, **attributes: str) -> int:
+        return total(found, name, **attributes) - total(earlier, name, **attributes)
+
+    assert added("dualrun.requests") == stats["requests"] == 12
     for label in ("old", "new"):
-        assert total(found, "dualrun.requests", version=label) == stats["served"][label]
-    assert total(found, "dualrun.request.errors") == 1
-    assert total(found, "dualrun.pins", **{"pin.outcome": "honoured"}) == 1
-    assert total(found, "dualrun.pins", **{"pin.outcome": "forged"}) == 1
+        assert added("dualrun.requests", version=label) == stats["served"][label]
+    assert added("dualrun.request.errors") == 1
+    assert added("dualrun.pins", **{"pin.outcome": "honoured"}) == 1
+    assert added("dualrun.pins", **{"pin.outcome": "forged"}) == 1
     spans = exporter.get_finished_spans()
     assert len(spans) == 12
     assert {s.attributes["dualrun.version"] for s in spans} == {"old", "new"}

@@ -102,7 +102,7 @@ def fill(fake: FakePrometheus, scale: float = 1.0) -> None:
         *[
             (route(v, le=le), n * scale)
             for v, shift in (("old", 0), ("new", 1))
-            for le, n in (("0.001", 500 - 400 * shift), ("0.002", 1000), ("+Inf", 1000))
+            for le, n in (("0.001", 900 - 800 * shift), ("0.002", 1000), ("+Inf", 1000))
         ],
     )
 
@@ -116,13 +116,16 @@ def test_evidence_adds_up_the_series_into_route_reports(fake: FakePrometheus) ->
     assert report.calls == {"old": 900, "new": 100}
     assert report.errors == {"old": 0, "new": 2}
     assert report.dropped == 3
-    assert report.latency_ns["old"]["p50"] == pytest.approx(1e6)
+    assert report.latency_ns["old"]["p50"] == pytest.approx(1e6 * 500 / 900)
     assert report.latency_ns["new"]["p50"] == pytest.approx(1e6 + 1e6 * 400 / 900)
-    assert report.latency_ratio["p50"] == pytest.approx(1 + 400 / 900)
+    assert report.latency_histogram == {
+        "old": [[0.5e6, 900], [1.5e6, 100]],
+        "new": [[0.5e6, 100], [1.5e6, 900]],
+    }
     assert all('{job="shop"}' in q and q.startswith("sum by (") for q in fake.queries)
     gate = dualrun.Gate(min_comparisons=100, max_mismatch_rate=0.05, latency_quantile="p50")
     decision = evidence.evaluate(gate)
-    assert decision.verdict == "rollback"  # p50 latency 1.44x > 1.25x
+    assert decision.verdict == "rollback"  # p50 latency 3x > 1.25x
     assert decision.comparisons == 1000
     assert evidence.report().routes[0].comparisons == 1000
 
@@ -135,7 +138,7 @@ def test_a_mark_counts_only_what_came_after(fake: FakePrometheus) -> None:
     (report,) = evidence.routes()
     assert (report.comparisons, report.mismatches) == (2000, 8)
     assert report.calls == {"old": 1800, "new": 200}
-    assert report.latency_ns["old"]["p50"] == pytest.approx(1e6)
+    assert report.latency_ns["old"]["p50"] == pytest.approx(1e6 * 500 / 900)
 
 
 def test_a_window_asks_for_increases(fake: FakePrometheus) -> None:
