@@ -13,7 +13,7 @@ from dualrun.errors import (
 from dualrun.eventlog import EventLog
 from dualrun.gate import Decision, Gate
 from dualrun.intercept import Interception
-from dualrun.loading import Version, VersionPair, load, load_version
+from dualrun.loading import INSTALLED, Version, VersionPair, load, load_version
 from dualrun.policy import Canary, Fixed, Policy, stable_bucket
 from dualrun.recording import Recording
 from dualrun.report import Report
@@ -23,6 +23,7 @@ from dualrun.sideeffects import side_effect
 from dualrun.status import LoadedVersion, Status
 
 __all__ = [
+    "INSTALLED",
     "Canary",
     "ContextRequiredError",
     "Decision",

@@ -345,12 +345,12 @@ class Dispatcher:
                     self._retire("old", drain_timeout, switch=False)
                 keep.label = "old"  # the promoted version is the baseline now
                 for route in self._routes.values():
-                    route.bind("old", route.found["new"], keep.prefix)
+                    route.bind("old", route.found["new"], keep.owned_prefixes)
                 self._switch(Fixed("old"))
             elif self._retired_label is None:
                 self._retire("new", drain_timeout, switch=False)
             for name, route in self._routes.items():
-                route.bind("new", found[name], candidate.prefix)
+                route.bind("new", found[name], candidate.owned_prefixes)
             self.versions = VersionPair(keep, candidate)
             self._retired_label = None
             self._promoted = False

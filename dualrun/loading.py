@@ -309,6 +309,11 @@ class Version:
             sys.meta_path = [self._finder, *sys.meta_path]
         self._loaded = True
 
+    @property
+    def owned_prefixes(self) -> tuple[str, ...]:
+        """What the names of the version's modules start with (each ends with a dot)."""
+        return (self.prefix + ".",)
+
     def alias(self, name: str) -> str:
         """The private name under which the version's module ``name`` lives in ``sys.modules``."""
         if name.partition(".")[0] not in self.tops:
@@ -382,6 +387,101 @@ class Version:
             for key in [k for k in sys.path_importer_cache if k.startswith(str(self.root))]:
                 sys.path_importer_cache.pop(key, None)
         self._loaded = False
+
+
+class _Installed:
+    """The source ``dualrun.INSTALLED``: the host's own imported package, not a copy."""
+
+    def __repr__(self) -> str:
+        return "dualrun.INSTALLED"
+
+    def __str__(self) -> str:
+        return "installed"
+
+
+INSTALLED: Any = _Installed()
+
+
+class InstalledVersion(Version):
+    """The host's own package serving as a version: the same modules, the same classes.
+
+    Nothing is copied or isolated: ``import_module`` is the host's import, the version's objects
+    are the host's objects (``isinstance`` and pickling work as without dualrun), and unloading
+    stops serving from it but leaves the host's modules where the host imported them.
+    """
+
+    def __init__(self, label: Label, name: str, tops: tuple[str, ...]) -> None:
+        # Version.__init__ is not called: there is no prefix, finder or copy of the builtins.
+        self.label = label
+        self.source = str(INSTALLED)
+        self.name = name
+        self.tops = tops
+        self.prefix = ""
+        self.extension_modules = ()
+        self.distributions = ()
+        self._failed = _failed(label, self.source)
+        self._loaded = False
+        self.module = types.ModuleType(tops[0])
+        self.root = Path.cwd()
+
+    def __repr__(self) -> str:
+        state = "loaded" if self._loaded else "unloaded"
+        return f"<Version {self.label} installed {', '.join(self.tops)} ({state})>"
+
+    @property
+    def owned_prefixes(self) -> tuple[str, ...]:
+        return tuple(f"{top}." for top in self.tops)
+
+    def _install(self) -> None:
+        self._loaded = True
+
+    def alias(self, name: str) -> str:
+        super().alias(name)  # the same check: the name must be one of the version's
+        return name
+
+    def import_module(self, name: str) -> types.ModuleType:
+        """The host's module ``name``, imported as the host imports it."""
+        if not self._loaded:
+            raise RuntimeError(f"the {self.label!r} version ({self.source}) has been unloaded")
+        try:
+            return importlib.import_module(self.alias(name))
+        except VersionLoadError:
+            raise
+        except Exception as exc:
+            raise self._failed(exc, name) from exc
+
+    def owns(self, obj: object) -> bool:
+        module = getattr(obj, "__module__", None) or getattr(obj, "__name__", "")
+        return isinstance(module, str) and module.partition(".")[0] in self.tops
+
+    def modules(self) -> list[str]:
+        return [n for n in list(sys.modules) if n.partition(".")[0] in self.tops]
+
+    def unload(self) -> None:
+        """Stop serving; the host's modules stay imported (the host still uses them)."""
+        self._loaded = False
+
+
+def _installed_version(
+    label: Label, name: str, tops: tuple[str, ...], modules: bool | tuple[str, ...]
+) -> Version:
+    version = InstalledVersion(label, name, tops)
+    version._install()
+    try:
+        for top in tops:
+            version.import_module(top)
+        version.import_module(name)
+        if modules:
+            version.preload(modules)
+    except BaseException:
+        version.unload()
+        raise
+    version.module = sys.modules[tops[0]]
+    origin = getattr(version.module, "__file__", None)
+    if origin:
+        path = Path(origin).parent
+        version.root = path.parent if hasattr(version.module, "__path__") else path
+    return version
 
 
 def _walk_modules(path: list[str], prefix: str) -> list[str]:
@@ -527,12 +627,14 @@ def load_version(
     packages: Iterable[str] | None = None,
     preload: Preload = False,
 ) -> Version:
-    """Load one version of ``name`` from ``source``; see :func:`load`."""
+    """Load one version of ``name`` from ``source`` (or ``INSTALLED``); see :func:`load`."""
     if label not in LABELS:
         raise ValueError(f"a version label is 'old' or 'new', got {label!r}")
     name = _check_name(name)
     tops = _check_packages(name, packages)
     modules = _check_preload(preload, tops)
+    if source is INSTALLED:
+        return _installed_version(label, name, tops, modules)
     if not isinstance(source, str | PathLike):
         raise VersionLoadError(
             label,
@@ -581,13 +683,19 @@ def load(
     """Load the old and the new version of ``name`` side by side.
 
     ``old`` and ``new`` are each a directory that contains the package or module, a wheel or
-    zip file, or ``git:REV`` / ``git:REPO_PATH@REV``. ``packages`` names further top-level
-    modules that ship with the version. ``preload=True`` imports every module of both versions
-    now (a list imports those named), so that a version that fails to import is refused here
-    rather than at its first call. A failed load leaves nothing behind.
+    zip file, or ``git:REV`` / ``git:REPO_PATH@REV``; one of them may be ``dualrun.INSTALLED``,
+    the host's own imported package (usually ``old``), used as it is. ``packages`` names
+    further top-level modules that ship with the version. ``preload=True`` imports every module
+    of both versions now (a list imports those named), so that a version that fails to import
+    is refused here rather than at its first call. A failed load leaves nothing behind.
     """
     packages = None if packages is None else _check_packages(_check_name(name), packages)
     preload = _check_preload(preload, _check_packages(_check_name(name), packages))
+    if old is INSTALLED and new is INSTALLED:
+        raise ValueError(
+            "old and new are both dualrun.INSTALLED: at most one version is the host's own "
+            "package; the other is a directory, a wheel or zip file, or 'git:REV'"
+        )
     old_version = load_version("old", name, old, packages, preload)
     try:
         new_version = load_version("new", name, new, packages, preload)

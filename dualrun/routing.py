@@ -66,12 +66,12 @@ class Route:
         # Shadow runs count apart: they are in flight in their version but serve no caller.
         self.shadow_slots: dict[Label, Slot] = {}
         self._shadow_counters: dict[Label, tuple[Counter, Counter]] = {}
-        self._prefixes: dict[Label, str] = {}
+        self._prefixes: dict[Label, tuple[str, ...]] = {}
         # The label whose version serves calls routed to each label (see alias): migrations
         # convert values for that version, not for the one the label names.
         self.serving: dict[Label, Label] = {"old": "old", "new": "new"}
-        self.bind("old", old, versions.old.prefix)
-        self.bind("new", new, versions.new.prefix)
+        self.bind("old", old, versions.old.owned_prefixes)
+        self.bind("new", new, versions.new.owned_prefixes)
 
     def check(self, version: Version, reference: str) -> Found:
         """The target in ``version``, if it is the same kind and flavour as in ``reference``."""
@@ -89,15 +89,16 @@ class Route:
             )
         return found
 
-    def bind(self, label: Label, found: Found, prefix: str) -> None:
-        """Serve ``label`` with ``found`` (of the version with ``prefix``), counting afresh."""
+    def bind(self, label: Label, found: Found, prefixes: tuple[str, ...]) -> None:
+        """Serve ``label`` with ``found`` (of the version whose modules' names start with one
+        of ``prefixes``), counting afresh."""
         entered, left = new_counter(), new_counter()
         shadow = (new_counter(), new_counter())
         self.found[label] = found
         self.entered[label], self.left[label] = entered, left
         self._call_base[label] = 0
         self._shadow_counters[label] = shadow
-        self._prefixes[label] = prefix + "."
+        self._prefixes[label] = prefixes
         self.shadow_slots[label] = (found.value, *shadow)
         self.slots[label] = (found.value, entered, left)
         self.serving[label] = label
@@ -119,7 +120,7 @@ class Route:
         """Count from zero (a forked child counts its own calls), keeping every alias."""
         serving = dict(self.serving)
         for label in ("old", "new"):
-            self.bind(label, self.found[label], self._prefixes[label][:-1])
+            self.bind(label, self.found[label], self._prefixes[label])
         for label, to in serving.items():
             if to != label:
                 self.alias(label, to)
@@ -161,7 +162,7 @@ class Route:
 
     def owner_of(self, value: Any, label: Label) -> Label | None:
         """The label of the other version if ``value`` was made by it, else None."""
-        module = type(value).__module__
+        module = f"{type(value).__module__}."  # "pricing." is the host's "pricing" too
         prefixes = self._prefixes
         if module.startswith(prefixes[label]):
             return None
