@@ -180,8 +180,9 @@ def expected(user: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["gunicorn", "uvicorn"])
 def test_the_fleets_metrics_in_prometheus_add_up_to_the_merged_logs(
-    servers: Servers, tmp_path: Path
+    kind: Any, servers: Servers, tmp_path: Path
 ) -> None:
     ports = [free_port(), free_port()]
     env = {
@@ -191,7 +192,7 @@ def test_the_fleets_metrics_in_prometheus_add_up_to_the_merged_logs(
         "SHOP_METRICS_PORTS": ",".join(map(str, ports)),
     }
     with prometheus(tmp_path / "prometheus", [f"127.0.0.1:{p}" for p in ports]) as url:
-        server = servers.start("gunicorn", workers=2, env=env)
+        server = servers.start(kind, workers=2, env=env)
         client = new_connections()
         users = [f"user-{n}" for n in range(50)]
 
