@@ -84,7 +84,7 @@ class DualrunASGI:
 
     def _read(self, spec: Any, scope: Scope, request: WebRequest | None) -> Any:
         if request is not None and callable(spec):
-            return spec(request)
+            return self.settings.call(spec, request)
         kind, name = spec
         if kind == "header":
             return _header(scope, name.encode("latin-1"))
@@ -94,7 +94,7 @@ class DualrunASGI:
         value = None if pins.header is None else _header(scope, pins.header.encode("latin-1"))
         if value is None and pins.cookie is not None:
             value = parse_cookies(_header(scope, b"cookie")).get(pins.cookie)
-        if not value:
+        if not value or value.isspace():
             return None, False
         client = pins.client(_peer(scope), _header(scope, b"x-forwarded-for"))
         outcome = pins.judge(value, client)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Literal
 
+from dualrun.compare import describe
 from dualrun.context import Label
 from dualrun.counters import new_counter, peek
 from dualrun.pins import check_secret, verify
@@ -177,6 +178,9 @@ class WebStats:
         # no routed call was made).
         self.errors = {label: new_counter() for label in ("old", "new", "none")}
         self.served = {label: new_counter() for label in ("old", "new", "none")}
+        # Key and attribute functions that raised (the value is None then).
+        self.source_errors = new_counter()
+        self.last_source_error: str | None = None
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -184,6 +188,8 @@ class WebStats:
             "served": {k: peek(c) for k, c in self.served.items()},
             "errors": {k: peek(c) for k, c in self.errors.items()},
             "pins": {k: peek(c) for k, c in self.pins.items()},
+            "source_errors": peek(self.source_errors),
+            "last_source_error": self.last_source_error,
         }
 
 
@@ -244,3 +250,13 @@ class Settings:
         self.stats = WebStats()
         _all_stats.add(self.stats)
         self.needs_request = any(callable(s) for s in (self.key, *self.attrs.values()))
+
+    def call(self, source: Source, request: WebRequest) -> Any:
+        """A key or attribute function's value; None, counted, if it raises (a bug there must
+        not turn every request into a 500)."""
+        try:
+            return source(request)
+        except Exception as exc:
+            next(self.stats.source_errors)
+            self.stats.last_source_error = f"{source!r}: {describe(exc)}"
+            return None

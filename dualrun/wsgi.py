@@ -152,7 +152,7 @@ class DualrunWSGI:
 
     def _read(self, spec: Any, environ: Environ, request: WebRequest | None) -> Any:
         if request is not None and callable(spec):
-            return spec(request)
+            return self.settings.call(spec, request)
         kind, name = self._reads[id(spec)]
         if kind == "header":
             return environ.get(name)
@@ -163,7 +163,7 @@ class DualrunWSGI:
         value = None if self._pin_header is None else environ.get(self._pin_header)
         if value is None and pins.cookie is not None:
             value = parse_cookies(environ.get("HTTP_COOKIE")).get(pins.cookie)
-        if not value:
+        if not value or value.isspace():
             return None, False
         client = pins.client(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"))
         outcome = pins.judge(value, client)

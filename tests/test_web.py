@@ -5,6 +5,7 @@ counted and never raised, streaming bodies kept in their request, errors per ver
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 from wsgiref.util import setup_testing_defaults
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import dualrun
@@ -442,3 +443,52 @@ def test_fastapi_in_front_of_the_example_shop(quote: Callable[..., Any]) -> None
         for user in range(10):
             answer = client.get("/quote", headers={"X-User-Id": f"u{user}"})
             assert BY_SUBTOTAL[answer.json()["subtotal"]] == answer.headers["X-Dualrun-Served-By"]
+
+
+def test_a_key_function_that_raises_is_counted_and_the_request_served(
+    quote: Callable[..., Any],
+) -> None:
+    def broken(request: Any) -> str:
+        raise LookupError("no user on this request")
+
+    wsgi = DualrunWSGI(quoting_wsgi(quote), key=broken, attrs={"plan": broken})
+    status, _, body = call_wsgi(wsgi)
+    assert status == "200 OK" and body.decode().split(" ", 2)[1:] == ["None", "{'plan': None}"]
+    assert wsgi.stats()["source_errors"] == 2
+    assert "LookupError: no user on this request" in wsgi.stats()["last_source_error"]
+    asgi = DualrunASGI(quoting_asgi(quote), key=broken)
+    assert body_of(call_asgi(asgi, http_scope())).endswith(":None;")
+    assert asgi.stats()["source_errors"] == 1
+
+
+ADDRESSES = st.one_of(
+    st.ip_addresses().map(str), st.text(max_size=40), st.just("10.0.0.1"), st.just("::1")
+)
+
+
+@given(value=st.text(max_size=150), peer=ADDRESSES, forwarded=st.text(max_size=80))
+@example(value=" ", peer="10.0.0.1", forwarded="")  # blank: no pin, nothing counted
+@example(value="new", peer="::1", forwarded="10.9.9.9")  # trusted via the trusted proxy
+def test_any_pin_header_and_address_never_raises_and_pins_only_when_allowed(
+    value: str, peer: str, forwarded: str
+) -> None:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        request = dualrun.current()
+        start_response("200 OK", [])
+        return [str(request and request.pin).encode()]
+
+    pins = Pins(SECRET, trusted=["10.0.0.0/8"], trusted_proxies=["::1"])
+    middleware = DualrunWSGI(app, pins=pins)
+    headers = {"X-Dualrun-Version": value, "X-Forwarded-For": forwarded}
+    status, _, body = call_wsgi(middleware, headers, peer)
+    assert status == "200 OK"
+    pin = body.decode()
+    if pin != "None":
+        client = pins.client(peer, forwarded)
+        try:
+            from_trusted = ipaddress.ip_address(str(client).strip()) in pins.trusted[0]
+        except ValueError:
+            from_trusted = False
+        signed = verify(value.strip(), SECRET.encode()) == pin
+        assert signed or (value.strip() == pin and from_trusted)
+    assert sum(middleware.stats()["pins"].values()) == (1 if value.strip() else 0)
