@@ -23,6 +23,7 @@ from typing import Any
 
 from dualrun import checks
 from dualrun.loading import strip_versions
+from dualrun.plain import same_plain
 
 KINDS = ("value", "type", "missing", "extra", "length", "order", "exception", "uncomparable")
 REPR_LIMIT = 120
@@ -33,6 +34,7 @@ _ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
 _INDEX = re.compile(r"\[\d+\]")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _ATOMS = (str, bytes, int, bool, type(None))
+_PLAIN = (dict, list, tuple, set, frozenset, bytearray)  # checked by their pickles first
 _NAMED = (
     type,
     types.FunctionType,
@@ -218,8 +220,15 @@ class Differ:
 
     def diff(self, old: object, new: object, path: str = "$") -> list[Difference]:
         """Differences from ``old`` to ``new``; empty when they are equal as values."""
-        if old is new or (type(old) is type(new) and type(old) in _ATOMS and old == new):
+        if old is new:
             return []
+        kind = type(old)
+        if kind is type(new):
+            if kind in _ATOMS or kind is float:
+                if old == new:
+                    return []
+            elif kind in _PLAIN and same_plain(old, new):
+                return []  # the same plain data, down to every type: nothing to walk
         out: list[Difference] = []
         self._run(old, new, path, out)
         return out

@@ -29,6 +29,7 @@ from dualrun.compare import (
     short_repr,
 )
 from dualrun.context import EMPTY, Label, RequestContext, check_label, current_request, other
+from dualrun.plain import copy_by_pickle
 from dualrun.policy import stable_bucket
 from dualrun.recorder import Observation, Outcome, Recorder
 from dualrun.sideeffects import Run, current_run, diff_side_effects
@@ -55,7 +56,10 @@ def copy_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Args:
                 break
         else:
             return args, kwargs
-    copied: Args = copy.deepcopy((args, kwargs))
+    # A pickle round trip where it copies as deepcopy would: several times faster.
+    copied: Args | None = copy_by_pickle((args, kwargs))
+    if copied is None:
+        copied = copy.deepcopy((args, kwargs))
     return copied
 
 
