@@ -55,6 +55,7 @@ SECRET_FIELDS = (
 _COMPONENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 Serve = Callable[[], Any]
 _HOST = socket.gethostname()
+_random = random.random
 
 
 class Recording:
@@ -125,6 +126,7 @@ class Tap:
         self.sources = sources
         self._redact = config.redactor()
         self._wanted: dict[str, bool] = {}
+        self._share = config.sample / 100  # random() < 1.0 always: 100% records every call
         self._pool = WorkerPool(1, config.queue_size, "dualrun-record")
         self._file: _LineFile | None = None
         self._renew()
@@ -156,13 +158,13 @@ class Tap:
     # -- the hot path ------------------------------------------------------------------------
 
     def wants(self, target: str) -> bool:
-        """Whether to record this call (sampled per call)."""
+        """Whether to record this call (sampled per call): a dict lookup and a random draw."""
         wanted = self._wanted.get(target)
         if wanted is None:
             globs = self.config.routes
             wanted = globs is None or any(fnmatch.fnmatchcase(target, g) for g in globs)
             self._wanted[target] = wanted
-        return wanted and (self.config.sample >= 100 or random.random() * 100 < self.config.sample)
+        return wanted and _random() < self._share
 
     def call(
         self,

@@ -13,7 +13,9 @@ and hypothesis shrinks the input to a minimal one.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import inspect
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -145,6 +147,8 @@ class Agreement:
         with context(pin="old"):
             try:
                 value = routed(*args, **kwargs)
+                if inspect.iscoroutine(value):  # an async target: both run on a fresh loop
+                    value = asyncio.run(value)
             except Exception as exc:  # old's exception: raised again if new agrees
                 error = exc
         if capture.problem is not None:

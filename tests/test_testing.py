@@ -32,6 +32,10 @@ OLD = {
             if amount < 0:
                 raise ValueError(f"negative amount {amount}")
             return True
+
+
+        async def charge_later(amount):
+            return charge(amount)
     ''',
 }
 
@@ -51,6 +55,10 @@ NEW_ROUNDING = {
             if amount < 0:
                 raise ValueError(f"negative amount {amount}")
             return True
+
+
+        async def charge_later(amount):
+            return charge(amount)
     ''',
 }
 
@@ -215,3 +223,10 @@ def test_bad_arguments_fail_at_once(shop) -> None:
         Agreement(versions, shadow="inline")  # type: ignore[arg-type]
     with pytest.raises(dualrun.TargetNotFoundError):
         agree(versions, "shop.prices:nothing", AMOUNTS)
+
+
+def test_async_targets_are_awaited_in_both_versions(shop) -> None:
+    versions = shop(NEW_ROUNDING)
+    with pytest.raises(Divergence) as failure:
+        agree(versions, "shop.prices:charge_later", AMOUNTS, settings=FAST)()
+    assert failure.value.call_args == (Decimal("0.005"),)
