@@ -50,6 +50,11 @@ def _request(environ: Environ, client: str | None) -> WebRequest:
     return WebRequest(environ.get("REQUEST_METHOD", "GET"), path, headers, client, environ)
 
 
+def _is_file(body: Iterable[bytes], environ: Environ) -> bool:
+    wrapper = environ.get("wsgi.file_wrapper")
+    return isinstance(wrapper, type) and isinstance(body, wrapper)
+
+
 class _Finish:
     """Counts a request once, when its body is closed (or its app raised)."""
 
@@ -219,7 +224,9 @@ class DualrunWSGI:
             if web.annotate is not None:  # the serving version on the request's span
                 web.annotate(served_version(pin, state.decisions) or "none", pin is not None)
             current_request.reset(token)
-        if type(body) is list:  # nothing runs while a list is sent: the request is over
+        if type(body) is list or _is_file(body, environ):
+            # Nothing of the app runs while a list or a file is sent: the request is over (and
+            # the server keeps its fast path for files).
             finish()
             return body
         return _Body(body, finish)

@@ -492,3 +492,27 @@ def test_any_pin_header_and_address_never_raises_and_pins_only_when_allowed(
         signed = verify(value.strip(), SECRET.encode()) == pin
         assert signed or (value.strip() == pin and from_trusted)
     assert sum(middleware.stats()["pins"].values()) == (1 if value.strip() else 0)
+
+
+def test_wsgi_file_responses_reach_the_server_unwrapped(tmp_path: Path) -> None:
+    class FileWrapper:
+        def __init__(self, file: Any, size: int = 8192) -> None:
+            self.file = file
+
+        def __iter__(self) -> Iterator[bytes]:
+            return iter(lambda: self.file.read(4), b"")
+
+    (tmp_path / "f").write_bytes(b"file body")
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"]((tmp_path / "f").open("rb"))
+
+    middleware = DualrunWSGI(app)
+    environ: dict[str, Any] = {"wsgi.file_wrapper": FileWrapper}
+    setup_testing_defaults(environ)
+    body = middleware(environ, lambda *a: None)
+    assert type(body) is FileWrapper  # the server can still send it with sendfile
+    assert b"".join(body) == b"file body"
+    body.file.close()
+    assert middleware.stats()["served"]["none"] == 1
