@@ -22,7 +22,7 @@ from dualrun.errors import (
     TargetNotFoundError,
     VersionLoadError,
 )
-from dualrun.eventlog import EventLog
+from dualrun.eventlog import EventLog, at_exit
 from dualrun.intercept import Interception, function_wrapper, install
 from dualrun.journal import Journal
 from dualrun.lifecycle import Retirement, RetirementRecord
@@ -38,6 +38,7 @@ from dualrun.status import LoadedVersion, Status
 from dualrun.targets import parse_target
 
 KILL_SWITCH_VARIABLE = "DUALRUN_KILL_SWITCH"
+EXIT_FLUSH_SECONDS = 2.0  # at interpreter exit, how long queued background shadows may still run
 
 
 def check_migrations(
@@ -117,6 +118,7 @@ class Dispatcher:
         self.shadow = shadow
         if log is not None:
             self.journal = Journal(self, log if isinstance(log, EventLog) else EventLog(log))
+        at_exit(self._at_exit)
         # Sampled calls recorded for replay (see dualrun.recording), with the log's identity.
         self._tap: Tap | None = None
         if record is not None:
@@ -595,11 +597,20 @@ class Dispatcher:
         self._interceptions.clear()
         runner, self._shadow = self._shadow, None  # calls after close are served, not shadowed
         if runner is not None:
-            runner.close(timeout)
+            runner.close(timeout, abandon=True)
         if self._tap is not None:
             self._tap.close(timeout)
         if self.journal is not None:
             self.journal.close(timeout)
+
+    def _at_exit(self) -> None:
+        """At interpreter exit (before the logs close): queued background shadows run for up
+        to :data:`EXIT_FLUSH_SECONDS`, those left are counted as dropped, a last summary."""
+        runner, self._shadow = self._shadow, None
+        if runner is not None:
+            runner.close(EXIT_FLUSH_SECONDS, abandon=True)
+        if self.journal is not None:
+            self.journal.summarize()
 
     def status(self) -> Status:
         """Where the dispatcher stands now: which version serves, which are loaded, the policy,

@@ -332,8 +332,8 @@ _exit_hooks: list[weakref.WeakMethod[Callable[[], None]]] = []
 
 
 def at_exit(hook: Callable[[], None]) -> None:
-    """Call the bound method ``hook`` (a final summary) at interpreter exit, before the open
-    logs are flushed, if its object is still alive then."""
+    """Call the bound method ``hook`` (a dispatcher's last shadow runs and summary) at
+    interpreter exit, before the open logs are flushed, if its object is still alive then."""
     _exit_hooks[:] = [ref for ref in _exit_hooks if ref() is not None]  # dead dispatchers
     _exit_hooks.append(weakref.WeakMethod(hook))
 
@@ -343,7 +343,7 @@ def _flush_all() -> None:
     for reference in list(_exit_hooks):
         hook = reference()
         if hook is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(BaseException):
                 hook()
     for log in list(_open_logs):
         log.close(timeout=5.0)

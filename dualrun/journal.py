@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from dualrun.counters import Counter, peek
-from dualrun.eventlog import EventLog, at_exit
+from dualrun.eventlog import EventLog
 from dualrun.recorder import Observation, RouteAggregate
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ class Journal:
         if log.match_sample > 0:
             recorder.match_listener = self.matched
         log.summarize = self.summarize
-        at_exit(self.summarize)
         self.event(
             "dualrun.load",
             versions={

@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from contextvars import copy_context
+from contextvars import Context, ContextVar, copy_context
 from time import perf_counter_ns, thread_time_ns
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from dualrun.compare import (
     short_repr,
 )
 from dualrun.context import EMPTY, Label, RequestContext, check_label, current_request, other
+from dualrun.counters import new_counter
 from dualrun.plain import copy_by_pickle
 from dualrun.policy import stable_bucket
 from dualrun.recorder import Observation, Outcome, Recorder
@@ -263,12 +264,14 @@ class ShadowRunner:
         self._helpers = WorkerPool(config.workers, config.workers, "dualrun-timeout")
         self._timeout_slots = threading.BoundedSemaphore(config.workers)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: set[_Queued] = set()  # background runs a worker has started
 
     def after_fork_in_child(self) -> None:
         """Locks another thread of the parent held stay held in a forked child: renew them."""
         self._lock = threading.Lock()
         self._timeout_slots = threading.BoundedSemaphore(self.config.workers)
         self._tasks = set()
+        self._running = set()
 
     # -- which calls ------------------------------------------------------------------------
 
@@ -396,19 +399,9 @@ class ShadowRunner:
         context = copy_context()
 
         def job() -> None:
-            context.run(
-                self._finish,
-                route,
-                label,
-                primary,
-                snapshot,
-                shadow_args,
-                again_args,
-                None,
-                request,
-            )
+            self._finish(route, label, primary, snapshot, shadow_args, again_args, None, request)
 
-        if not self._pool.submit(job):
+        if not self._pool.submit(_Queued(route.target, context, job, self._running)):
             self.recorder.count(route.target, "dropped")
 
     def _snapshot(self, args: Args) -> Args:
@@ -585,6 +578,8 @@ class ShadowRunner:
                 differences = [d for d in differences if not rules.matches(d.path)]
             status = "mismatch" if differences else "noise" if noise else "match"
             if status == "match" and old.error is None and new.error is None:
+                if not _claimed():
+                    return
                 self.recorder.record_match(
                     target,
                     old.wall_ns,
@@ -614,7 +609,9 @@ class ShadowRunner:
             measured="paired" if self._paired else "primary",
         )
         redact = self.config.redact
-        self.recorder.record(observation if redact is None else redacted(observation, redact))
+        observation = observation if redact is None else redacted(observation, redact)
+        if _claimed():
+            self.recorder.record(observation)
 
     def record_outcomes(
         self,
@@ -752,6 +749,8 @@ class ShadowRunner:
 
     def _failed(self, route: Route, exc: BaseException) -> None:
         """Record a failure of the comparison or its hooks as this run's outcome."""
+        if not _claimed():
+            return
         try:
             self.recorder.count(route.target, "internal_errors", describe(exc))
         except BaseException:  # even describing it failed: count it without a text
@@ -763,10 +762,61 @@ class ShadowRunner:
         """Wait until queued background shadow runs are done; False if ``timeout`` ran out."""
         return self._pool.join(timeout)
 
-    def close(self, timeout: float | None = 5.0) -> None:
-        """Finish queued shadow runs (up to ``timeout``) and stop the worker threads."""
-        self._pool.close(timeout)
+    def close(self, timeout: float | None = 5.0, abandon: bool = False) -> None:
+        """Finish queued shadow runs (up to ``timeout``) and stop the worker threads. With
+        ``abandon``, runs not started by then never will be: each is counted as dropped
+        (otherwise they still run, on the threads' way out)."""
+        left = self._pool.close(timeout, abandon=abandon)
+        if abandon:  # queued, or running still (a thread that exit will stop): not recorded
+            for job in [*left, *list(self._running)]:
+                if isinstance(job, _Queued) and job.claim():
+                    self.recorder.count(job.target, "dropped")
         self._helpers.close(timeout=0)
+
+
+class _Queued:
+    """A background shadow run, queued or running: it records its outcome, or :meth:`close`
+    counts it as dropped, whichever claims it first (never both, never neither)."""
+
+    __slots__ = ("_claims", "context", "run", "running", "target")
+
+    def __init__(
+        self,
+        target: str,
+        context: Context,
+        run: Callable[[], None],
+        running: set[_Queued],
+    ) -> None:
+        self.target = target
+        self.context = context
+        self.run = run
+        self.running = running
+        self._claims = new_counter()
+
+    def claim(self) -> bool:
+        """True for the first caller only (atomic under the GIL)."""
+        return next(self._claims) == 0
+
+    def __call__(self) -> None:
+        self.running.add(self)
+        try:
+            self.context.run(self._run)
+        finally:
+            self.running.discard(self)
+
+    def _run(self) -> None:
+        _current_job.set(self)  # in the job's own copy of the caller's context
+        self.run()
+
+
+_current_job: ContextVar[_Queued | None] = ContextVar("dualrun_shadow_job", default=None)
+
+
+def _claimed() -> bool:
+    """Whether this run may record its outcome: inline runs always, a background run unless
+    ``close()`` already counted it as dropped."""
+    job = _current_job.get()
+    return job is None or job.claim()
 
 
 def redacted(obs: Observation, redact: Callable[[str, str], str]) -> Observation:

@@ -85,12 +85,25 @@ class WorkerPool:
             time.sleep(0.001)
         return True
 
-    def close(self, timeout: float | None = 5.0) -> bool:
-        """Refuse new jobs, let the queued ones finish (up to ``timeout``), stop the threads."""
+    def close(self, timeout: float | None = 5.0, abandon: bool = False) -> list[Job]:
+        """Refuse new jobs, let the queued ones finish (up to ``timeout``), stop the threads.
+
+        With ``abandon``, the jobs not started when ``timeout`` ran out are taken off the queue
+        and returned, never to run; otherwise they run before the threads stop."""
         self._closed = True
         done = self.join(timeout)
+        abandoned: list[Job] = []
+        if not done and abandon:
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not _STOP:
+                    abandoned.append(job)  # type: ignore[arg-type]
+                    next(self._finished)
         for _ in self._threads:
             self._queue.put(_STOP)
         for thread in self._threads:
             thread.join(0 if not done else timeout)
-        return done
+        return abandoned

@@ -15,6 +15,8 @@ import contextvars
 import errno
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -32,6 +34,7 @@ import dualrun
 from dualrun import eventlog
 from dualrun import shadow as shadow_module
 from dualrun.eventlog import EventLog, _LineFile
+from dualrun.logread import report_from_logs
 
 
 @pytest.fixture
@@ -739,3 +742,80 @@ def test_a_route_made_after_a_retirement_serves_and_counts_the_live_version(
     assert later() == "B"
     report = d.report().route(f"{bench.name}.engine:version")
     assert report.calls == {"old": 0, "new": 2}
+
+
+# -- 18. background shadows queued at exit: run within a bound, the rest counted --------------
+
+EXITING_CHILD = """
+import sys
+
+import dualrun
+
+name, old, new, log, calls = sys.argv[1:6]
+versions = dualrun.load(name, old=old, new=new)
+d = dualrun.Dispatcher(
+    versions, shadow=dualrun.Shadow(mode="background", workers=1, queue_size=1000), log=log
+)
+f = d.route(name + ".engine:f")
+for i in range(int(calls)):
+    f(i)
+print("CALLED", flush=True)
+# no close(): the interpreter exits with the shadows still queued
+"""
+
+
+@pytest.mark.parametrize(("delay", "all_run"), [(0.01, True), (0.5, False)])
+def test_background_shadows_queued_at_exit_are_run_or_counted_as_dropped(
+    tmp_path: Path, delay: float, all_run: bool
+) -> None:
+    name = f"exitpkg_{int(delay * 1000)}"
+    dirs = []
+    for label, body in (("old", "x"), ("new", "x + 1")):
+        package = tmp_path / label / name
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "engine.py").write_text(
+            f"import time\n\n\ndef f(x):\n    time.sleep({delay if label == 'new' else 0})\n"
+            f"    return {body}\n"
+        )
+        dirs.append(package.parent)
+    script = tmp_path / "child.py"
+    script.write_text(EXITING_CHILD)
+    log = tmp_path / "log.jsonl"
+    calls = 50
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(script), name, str(dirs[0]), str(dirs[1]), str(log), str(calls)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0 and "CALLED" in done.stdout, done.stderr
+    problems: list[str] = []
+    report, _ = report_from_logs([str(log)], problems.append)
+    assert not problems
+    route = report.route(f"{name}.engine:f")
+    assert route.calls["old"] == calls
+    assert route.comparisons + route.dropped == calls, (route.comparisons, route.dropped)
+    if all_run:
+        assert route.comparisons == calls
+    else:
+        assert route.dropped > 0
+        assert elapsed < 20  # the exit waited about EXIT_FLUSH_SECONDS, not for every shadow
+
+
+def test_close_counts_every_background_shadow_it_does_not_wait_for_exactly_once(lab: Lab) -> None:
+    versions = lab.pair(
+        "def f(x):\n    return x\n", "def f(x):\n    time.sleep(0.1)\n    return x + 1\n"
+    )
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow(mode="background", workers=2))
+    f = d.route(lab.target("f"))
+    for i in range(10):
+        f(i)
+    d.close(timeout=0.15)
+    time.sleep(0.3)  # the two runs in progress at close() end meanwhile: they record nothing
+    report = route_report(d, lab.target("f"))
+    assert report.comparisons + report.dropped == 10, (report.comparisons, report.dropped)
+    assert report.dropped >= 4
