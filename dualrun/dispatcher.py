@@ -65,6 +65,26 @@ def check_migrations(
     return checked
 
 
+def check_results_as(
+    results_as: object, migrations: Mapping[tuple[Label, Label], Callable[[Any], Any]]
+) -> Label | None:
+    """Validate ``results_as``: the version whose objects callers expect, with its hook."""
+    if results_as is None:
+        return None
+    if results_as not in ("old", "new"):
+        raise ValueError(
+            f"results_as is 'old' or 'new' (the version whose objects callers expect), "
+            f"got {results_as!r}"
+        )
+    source = "new" if results_as == "old" else "old"
+    if (source, results_as) not in migrations:
+        raise ValueError(
+            f"results_as={results_as!r} converts the {source!r} version's results with "
+            f"migrate[({source!r}, {results_as!r})]: register that migration"
+        )
+    return "old" if results_as == "old" else "new"
+
+
 class Dispatcher:
     """Routes calls between the two versions of a :class:`~dualrun.VersionPair`.
 
@@ -80,6 +100,7 @@ class Dispatcher:
         shadow: Shadow | None = None,
         log: str | os.PathLike[str] | EventLog | Any = None,
         migrate: Mapping[tuple[str, str], Callable[[Any], Any]] | None = None,
+        results_as: Label | None = None,
         require_context: bool = False,
         record: Recording | str | os.PathLike[str] | None = None,
     ) -> None:
@@ -89,6 +110,7 @@ class Dispatcher:
             )
         self.versions = versions
         self.migrations = check_migrations(migrate)
+        self.results_as = check_results_as(results_as, self.migrations)
         if not isinstance(require_context, bool):
             raise ValueError(f"require_context is True or False, got {require_context!r}")
         self._require_context = require_context
@@ -664,6 +686,7 @@ class Dispatcher:
                 0 if route is None else peek(route.crossings),
                 aggregates.get(name),
                 outside_context=0 if route is None else route.outside_calls(),
+                results_converted=0 if route is None else peek(route.results_converted),
             )
             if route is not None:
                 report.in_flight = {label: route.in_flight(label) for label in ("old", "new")}

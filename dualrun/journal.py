@@ -100,6 +100,8 @@ class Journal:
                 entry["calls"] = {"old": added[0], "new": added[1]}
                 entry["crossings"] = added[2]
                 entry["outside_context"] = added[3]
+                if added[4]:
+                    entry["results_converted"] = added[4]
                 entry["outside_context"] = added[3]
             if name in current:
                 delta = current[name].since(self._last.get(name)).to_dict()

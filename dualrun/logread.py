@@ -186,6 +186,7 @@ class LogTotals:
     calls: dict[str, dict[str, int]] = field(default_factory=dict)
     crossings: dict[str, int] = field(default_factory=dict)
     outside_context: dict[str, int] = field(default_factory=dict)
+    results_converted: dict[str, int] = field(default_factory=dict)
     policy: str = "unknown"
     dropped_events: int = 0
     policy_errors: int = 0
@@ -226,6 +227,7 @@ class LogTotals:
                     self.crossings.get(name, 0),
                     self.aggregates.get(name),
                     outside_context=self.outside_context.get(name, 0),
+                    results_converted=self.results_converted.get(name, 0),
                 )
                 for name in names
             ],
@@ -450,7 +452,7 @@ class LogReader:
         routes = event["routes"]
         if not isinstance(routes, dict):
             raise ValueError("routes is an object")
-        parsed: list[tuple[str, dict[str, int] | None, int, int, RouteAggregate | None]] = []
+        parsed: list[tuple[str, dict[str, int] | None, int, int, int, RouteAggregate | None]] = []
         for name, entry in routes.items() if inside else ():
             if not self._wanted(name):
                 continue
@@ -467,14 +469,15 @@ class LogReader:
                 aggregate = RouteAggregate.from_dict(entry["aggregate"])
             crossings = _whole(entry.get("crossings", 0), "crossings")
             outside = _whole(entry.get("outside_context", 0), "outside_context")
-            parsed.append((name, calls, crossings, outside, aggregate))
+            converted = _whole(entry.get("results_converted", 0), "results_converted")
+            parsed.append((name, calls, crossings, outside, converted, aggregate))
         self._held -= self._runs.setdefault(run, _Run()).cover(seq)
         self.totals.policy = policy
         self.totals.dropped_events += dropped
         self.totals.policy_errors += policy_errors
         if policy_errors and last_policy_error is not None:
             self.totals.last_policy_error = str(last_policy_error)
-        for name, calls, crossings, outside, aggregate in parsed:
+        for name, calls, crossings, outside, converted, aggregate in parsed:
             if not self.totals.admit(name):
                 if calls is not None:
                     self.totals.omitted_calls += calls["old"] + calls["new"]
@@ -488,6 +491,9 @@ class LogReader:
                 self.totals.crossings[name] = self.totals.crossings.get(name, 0) + crossings
                 outside_totals = self.totals.outside_context
                 outside_totals[name] = outside_totals.get(name, 0) + outside
+                if converted:
+                    converted_totals = self.totals.results_converted
+                    converted_totals[name] = converted_totals.get(name, 0) + converted
             if aggregate is not None:
                 self.totals.aggregate(name).merge(aggregate)
 

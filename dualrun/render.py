@@ -75,6 +75,13 @@ def _summary(route: RouteReport) -> list[tuple[str, str]]:
         )
     if route.outside_context:
         rows.append(("outside context", outside_context(route.outside_context)))
+    if route.results_converted:
+        rows.append(
+            (
+                "converted results",
+                f"{route.results_converted:,} results converted by a migration for the caller",
+            )
+        )
     if route.comparisons or route.timeouts or route.dropped or route.skipped:
         rows.append(
             (

@@ -51,6 +51,8 @@ class RouteReport:
     crossings: int = 0  # method calls that ran in their object's version, not the chosen one
     # calls made outside any dualrun.context: each decided on its own, not sticky per request
     outside_context: int = 0
+    # results of one version converted by a migration into what callers expect (results_as)
+    results_converted: int = 0
     comparisons: int = 0
     matches: int = 0
     mismatches: int = 0
@@ -97,10 +99,15 @@ def route_report(
     crossings: int,
     aggregate: RouteAggregate | None,
     outside_context: int = 0,
+    results_converted: int = 0,
 ) -> RouteReport:
     """One route's report from its call counts and its comparison aggregate."""
     report = RouteReport(
-        route=route, calls=dict(calls), crossings=crossings, outside_context=outside_context
+        route=route,
+        calls=dict(calls),
+        crossings=crossings,
+        outside_context=outside_context,
+        results_converted=results_converted,
     )
     if aggregate is None:
         return report

@@ -58,6 +58,7 @@ class Route:
         self.outside = new_counter()  # calls made outside any dualrun.context
         self._outside_base = 0
         self.migrations = new_counter()  # values converted by a migration hook
+        self.results_converted = new_counter()  # results converted for the caller
         self.found: dict[Label, Found] = {}
         self.entered: dict[Label, Counter] = {}
         self.left: dict[Label, Counter] = {}
@@ -147,11 +148,17 @@ class Route:
         return peek(self.outside) - self._outside_base
 
     def tally(self) -> list[tuple[Counter, int]]:
-        """The raw counters of calls served by old, by new, of crossings and of calls outside any
-        context, with their values:
+        """The raw counters of calls served by old, by new, of crossings, of calls outside any
+        context and of converted results, with their values:
         a summary takes the calls since the previous one per counter, so calls counted by a
         binding that a swap replaced are not lost, nor counted twice."""
-        counters = (self.entered["old"], self.entered["new"], self.crossings, self.outside)
+        counters = (
+            self.entered["old"],
+            self.entered["new"],
+            self.crossings,
+            self.outside,
+            self.results_converted,
+        )
         return [(counter, peek(counter)) for counter in counters]
 
     def in_flight(self, label: Label) -> int:
@@ -179,6 +186,20 @@ class Route:
         if convert is None:
             return value
         next(self.migrations)
+        return convert(value)
+
+    def results_converted_from(self) -> frozenset[Label]:
+        """The labels whose results callers get converted (``Dispatcher(results_as=...)``)."""
+        to = self._dispatcher.results_as
+        if to is None:
+            return frozenset()
+        return frozenset({other(to)})
+
+    def convert_result(self, label: Label, value: Any) -> Any:
+        """A result of ``label``'s version as callers of the other expect it: its hook's."""
+        to = other(label)
+        convert = self._dispatcher.migrations[(label, to)]
+        next(self.results_converted)
         return convert(value)
 
     @property
@@ -215,6 +236,8 @@ class Route:
         serving = self.serving
         owner_of = self.owner_of
         migrate = self.migrate
+        converting = self.results_converted_from()
+        convert_result = self.convert_result
 
         def choose(
             instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -338,7 +361,7 @@ class Route:
                 tap = dispatcher._tap
                 if tap is not None and not method and tap.wants(target):
                     request = get_request()
-                    return tap.call(
+                    result = tap.call(
                         target,
                         serving[label],
                         request and request.key,
@@ -346,15 +369,18 @@ class Route:
                         full,
                         kwargs,
                     )
-                shadow = dispatcher._shadow
-                if shadowable and shadow is not None and shadow.wants(label, get_request()):
-                    return shadow.call(self, label, full, kwargs)
-                fn, entered, left = slots[label]
-                next(entered)
-                try:
-                    return fn(*full, **kwargs)
-                finally:
-                    next(left)
+                else:
+                    shadow = dispatcher._shadow
+                    if shadowable and shadow is not None and shadow.wants(label, get_request()):
+                        result = shadow.call(self, label, full, kwargs)
+                    else:
+                        fn, entered, left = slots[label]
+                        next(entered)
+                        try:
+                            result = fn(*full, **kwargs)
+                        finally:
+                            next(left)
+                return result if label not in converting else convert_result(label, result)
 
             return route_call
 
@@ -364,6 +390,13 @@ class Route:
                 wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
             ) -> Coroutine[Any, Any, Any]:
                 label, full, kwargs, shadowable = choose(instance, args, kwargs)
+                if label in converting:
+                    return converted(label, routed_async(label, full, kwargs, shadowable))
+                return routed_async(label, full, kwargs, shadowable)
+
+            def routed_async(
+                label: Label, full: tuple[Any, ...], kwargs: dict[str, Any], shadowable: bool
+            ) -> Coroutine[Any, Any, Any]:
                 tap = dispatcher._tap
                 if tap is not None and not method and tap.wants(target):
                     request = get_request()
@@ -390,6 +423,9 @@ class Route:
                         next(left)
 
                 return run()
+
+            async def converted(label: Label, call: Coroutine[Any, Any, Any]) -> Any:
+                return convert_result(label, await call)
 
             return route_async
 

@@ -8,8 +8,10 @@ version is isolated.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib
+import json
 import pickle
 import sys
 import textwrap
@@ -22,6 +24,7 @@ import pytest
 from routing_helpers import unique
 
 import dualrun
+from dualrun.logread import report_from_logs
 
 MODELS = """
 import dataclasses
@@ -46,6 +49,10 @@ def quote(qty):
 class Pricer:
     def price(self, qty):
         return quote(qty)
+
+
+async def aquote(qty):
+    return quote(qty)
 """
 
 APP = """
@@ -214,3 +221,49 @@ def test_functools_partial_results_keep_their_identity(
         assert make() == world.host.quote(4) and type(make()) is world.models.Quote
     finally:
         d.close()
+
+
+def test_a_migration_converts_new_results_into_what_the_host_expects(
+    world: World, pair: dualrun.VersionPair, tmp_path: Path
+) -> None:
+    def to_host(quote: Any) -> Any:
+        return world.models.Quote(cents=quote.cents, currency=quote.currency)
+
+    log = tmp_path / "dualrun.jsonl"
+    d = dualrun.Dispatcher(
+        pair,
+        policy=dualrun.Fixed("new"),
+        migrate={("new", "old"): to_host},
+        results_as="old",
+        log=str(log),
+    )
+    target = f"{world.name}.engine:quote"
+    try:
+        d.intercept(target)
+        quote = world.app_module.checkout(3)  # served by new, converted for the host
+        assert type(quote) is world.models.Quote and quote.cents == 303
+        assert world.app_module.serialize(quote) == {"cents": 303, "currency": "EUR"}
+        assert pickle.loads(pickle.dumps(quote)) == quote
+        aquote = d.route(f"{world.name}.engine:aquote")
+        assert type(asyncio.run(aquote(1))) is world.models.Quote
+        d.policy = dualrun.Fixed("old")  # old's results are the host's already: not converted
+        assert type(world.app_module.checkout(1)) is world.models.Quote
+        report = d.report()
+        assert report.route(target).results_converted == 1
+        assert report.route(f"{world.name}.engine:aquote").results_converted == 1
+        for text in (report.to_text(), report.to_markdown(), report.to_html()):
+            assert "converted results" in text and "1 results converted" in text
+        routes = {r["route"]: r for r in json.loads(report.to_json())["routes"]}
+        assert routes[target]["results_converted"] == 1
+    finally:
+        d.close()
+    from_log, _ = report_from_logs([str(log)], lambda *_: None)
+    assert from_log.route(target).results_converted == 1
+    assert from_log.route(target).calls == {"old": 1, "new": 1}
+
+
+def test_results_as_needs_its_migration(world: World, pair: dualrun.VersionPair) -> None:
+    with pytest.raises(ValueError, match=r"results_as.*migrate\[\('new', 'old'\)\]"):
+        dualrun.Dispatcher(pair, results_as="old")
+    with pytest.raises(ValueError, match="results_as is 'old' or 'new'"):
+        dualrun.Dispatcher(pair, migrate={("new", "old"): lambda v: v}, results_as="host")
