@@ -30,6 +30,7 @@ from dualrun.loading import VersionPair, load_version
 from dualrun.policy import Canary, Fixed, Policy, check_policy
 from dualrun.recorder import Recorder
 from dualrun.recording import Recording, Tap, make_tap
+from dualrun.redaction import safely
 from dualrun.report import Report, route_report
 from dualrun.routing import Route
 from dualrun.shadow import Shadow, ShadowRunner
@@ -517,7 +518,11 @@ class Dispatcher:
 
     def _policy_failed(self, why: str) -> Label:
         next(self.policy_errors)
-        self.last_policy_error = f"{self._policy!r}: {why}"
+        error = f"{self._policy!r}: {why}"  # the policy's message may quote the request key
+        shadow = self.shadow
+        if shadow is not None and shadow.redact is not None:
+            error = safely(shadow.redact, "error", error)
+        self.last_policy_error = error
         return "old"
 
     def _first_routed_call(self) -> None:

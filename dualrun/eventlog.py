@@ -262,12 +262,12 @@ class EventLog:
         except BaseException as exc:  # a redactor or the app's logger failed: count, note, go on
             next(self.dropped)
             with contextlib.suppress(BaseException):  # the logger itself may be what fails
-                self._logger.info(
+                self._logger.info(  # not the message: it may quote what was to be redacted
                     "dualrun.error",
                     **self._base,
                     where="event log",
                     lost=event,
-                    error=describe(exc),
+                    error=_failure(exc, redacting=self.redact is not None),
                 )
         next(self._written)
 
@@ -325,6 +325,13 @@ class EventLog:
         elif self._file is not None:
             self._file.close()
         _open_logs.discard(self)
+
+
+def _failure(exc: BaseException, redacting: bool) -> str:
+    """What went wrong writing an event: with a redactor, only the exception's type."""
+    if redacting:
+        return f"{type(exc).__name__} (its message is not written: redaction failed)"
+    return describe(exc)
 
 
 _open_logs: weakref.WeakSet[EventLog] = weakref.WeakSet()

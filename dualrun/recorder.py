@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from dualrun import forks
 from dualrun.compare import Difference, generalize
+from dualrun.redaction import Redact, safely
 
 EXAMPLES_PER_GROUP = 5
 MAX_GROUPS = 200
@@ -561,6 +562,7 @@ class Recorder:
         self.sinks: list[Callable[[Observation], None]] = []
         self.match_listener: Callable[[str, tuple[int, int], tuple[int, int]], None] | None = None
         self.metrics: Metrics | None = None
+        self.redact: Redact | None = None  # the shadow's redactor, set by the shadow runner
         forks.register(self)
 
     def after_fork_in_child(self) -> None:
@@ -608,7 +610,10 @@ class Recorder:
             self.metrics.compared(route, old_wall, new_wall, primary_only)
 
     def count(self, route: str, what: str, detail: str | None = None) -> None:
-        """Count a shadow run that yielded no observation: dropped, skipped, internal_errors."""
+        """Count a shadow run that yielded no observation: dropped, skipped, internal_errors.
+        ``detail`` (a hook's error, which may quote the values) goes through ``redact``."""
+        if detail is not None and self.redact is not None:
+            detail = safely(self.redact, "error", detail)
         with self._lock:
             aggregate = self._route(route)
             setattr(aggregate, what, getattr(aggregate, what) + 1)

@@ -33,6 +33,7 @@ from dualrun.counters import new_counter
 from dualrun.plain import copy_by_pickle
 from dualrun.policy import stable_bucket
 from dualrun.recorder import Observation, Outcome, Recorder
+from dualrun.redaction import redact_path
 from dualrun.sideeffects import Run, current_run, diff_side_effects
 from dualrun.workers import WorkerPool
 
@@ -254,6 +255,7 @@ class ShadowRunner:
         # Otherwise (background, or an inline shadow bounded on a helper thread) only the
         # primary's wall time is measured as a caller sees it.
         self._paired = config.mode == "inline" and config.timeout is None
+        recorder.redact = config.redact  # hook errors' texts, too, before they are recorded
         # route -> generalised paths seen to be noisy, and the same as rules that match a path
         # and everything below it (compiled again only when a path is learnt)
         self._noise: dict[str, set[str]] = {}
@@ -820,13 +822,15 @@ def _claimed() -> bool:
 
 
 def redacted(obs: Observation, redact: Callable[[str, str], str]) -> Observation:
-    """``obs`` with its key and every value text passed through ``redact(what, text)``."""
+    """``obs`` with its key, every value and error text, and the dict keys and set members in
+    its paths passed through ``redact(what, text)`` (see :mod:`dualrun.redaction`)."""
 
     def text(what: str, value: str | None) -> str | None:
         return None if value is None else redact(what, value)
 
     def difference(d: Difference) -> Difference:
-        return Difference(d.path, d.kind, redact("value", d.old), redact("value", d.new))
+        old, new = redact("value", d.old), redact("value", d.new)
+        return Difference(redact_path(d.path, redact), d.kind, old, new)
 
     def outcome(o: Outcome) -> Outcome:
         return dataclasses.replace(o, value=text("value", o.value), error=text("error", o.error))
