@@ -21,7 +21,7 @@ import pkgutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import pytest
 
 from dualrun.compare import generalize
 from dualrun.dispatcher import Dispatcher
-from dualrun.errors import TargetNotFoundError
+from dualrun.errors import TargetNotFoundError, VersionLoadError
 from dualrun.loading import VersionPair, load
 from dualrun.policy import Fixed
 from dualrun.recorder import Observation
@@ -135,7 +135,10 @@ class DualrunPlugin:
         rootdir = str(self.config.rootpath)
         if rootdir not in sys.path:
             sys.path.insert(0, rootdir)
-        versions = load(self.package, old=self.old, new=self.new_source())
+        try:
+            versions = load(self.package, old=self.old, new=self.new_source())
+        except VersionLoadError as exc:
+            raise pytest.UsageError(f"dualrun: {exc}") from exc
         log = None
         if self.workerinput is not None and "dualrun_log_dir" in self.workerinput:
             worker = self.workerinput.get("workerid", "worker")
@@ -165,7 +168,8 @@ class DualrunPlugin:
                 tests.append(self.current_test)
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
+        # Set-up and teardown count too: fixtures call the package as well.
         self.current_test = item.nodeid
         try:
             return (yield)

@@ -179,6 +179,41 @@ def test_both_versions(dualrun_pair):
     assert result.ret == 0  # nothing was routed: direct calls are not compared
 
 
+def test_calls_made_by_fixtures_are_attributed_to_their_test(
+    pytester: pytest.Pytester, shop_repo: Path
+) -> None:
+    (shop_repo / "tests" / "test_fixture.py").write_text(
+        """
+import pytest
+from pricing.engine import quote
+
+
+@pytest.fixture
+def bolt_quote():
+    return quote({"items": [{"sku": "bolt", "qty": 1}]})
+
+
+def test_uses_a_fixture(bolt_quote):
+    assert bolt_quote["currency"] == "EUR"
+"""
+    )
+    result = run(pytester, "tests/test_fixture.py")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(
+        ["  NEW pricing.engine:quote $.total value: 1 call*", "      *::test_uses_a_fixture"]
+    )
+
+
+def test_an_old_version_that_cannot_load_is_a_usage_error(
+    pytester: pytest.Pytester, shop_repo: Path
+) -> None:
+    result = pytester.runpytest_subprocess(
+        *plugin_args(), "--dualrun-old=git:no-such-branch", "--dualrun-package=pricing"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*dualrun:*old*no-such-branch*"])
+
+
 def test_without_the_options_the_fixture_says_what_it_needs(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_pair(dualrun_pair):\n    pass\n")
     result = pytester.runpytest_subprocess(*plugin_args())

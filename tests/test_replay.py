@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -239,6 +240,33 @@ def test_a_capped_recording_stops_and_counts(shop: dualrun.VersionPair, tmp_path
     assert (tmp_path / "r.jsonl").stat().st_size <= 4096
     stats = d.recording.stats()  # type: ignore[union-attr]
     assert stats["recorded"] + stats["dropped"] == 300 and stats["dropped"] > 250
+
+
+def test_a_full_queue_drops_calls_and_never_blocks_the_caller(
+    shop: dualrun.VersionPair, tmp_path: Path
+) -> None:
+    d = dualrun.Dispatcher(shop, record=Recording(tmp_path / "r.jsonl", queue_size=1))
+    tap = d.recording
+    assert tap is not None
+    entered, release = threading.Event(), threading.Event()
+    write = tap._write
+
+    def slow_write(record: dict[str, Any]) -> None:
+        entered.set()
+        release.wait(10)
+        write(record)
+
+    tap._write = slow_write  # type: ignore[method-assign]
+    charge = d.route("shop.prices:charge")
+    charge(Decimal(0))
+    assert entered.wait(10)  # the writer holds the first call
+    for amount in amounts(5):
+        charge(amount)  # the queue takes one more: four are dropped
+    assert tap.stats()["dropped"] == 4
+    release.set()
+    d.close()
+    assert tap.stats() == {"recorded": 2, "dropped": 4, "last_error": None}
+    assert len(call_lines(tmp_path / "r.jsonl")) == 2
 
 
 def test_async_routes_are_recorded(shop: dualrun.VersionPair, tmp_path: Path) -> None:
