@@ -12,6 +12,7 @@ context into tasks), so the request stays on one version until its last chunk is
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
@@ -152,6 +153,8 @@ class DualrunASGI:
         token = current_request.set(state)
         try:
             await self.app(scope, receive, send_in_request)
+        except asyncio.CancelledError:  # the client went away: not the app's error
+            raise
         except BaseException:
             failed = True
             raise

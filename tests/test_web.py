@@ -427,6 +427,31 @@ def test_asgi_errors_are_counted_for_the_serving_version(quote: Callable[..., An
     assert app.stats()["errors"] == {"old": 1, "new": 0, "none": 0}
 
 
+def test_asgi_a_cancelled_request_is_not_an_error(quote: Callable[..., Any]) -> None:
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        served(quote)
+        await asyncio.sleep(10)
+
+    app = DualrunASGI(slow)
+
+    async def cancel() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        task = asyncio.ensure_future(app(http_scope(), receive, send))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel())
+    stats = app.stats()
+    assert sum(stats["served"].values()) == 1 and sum(stats["errors"].values()) == 0
+
+
 def test_fastapi_in_front_of_the_example_shop(quote: Callable[..., Any]) -> None:
     """The README's FastAPI lines."""
     fastapi = pytest.importorskip("fastapi")
