@@ -28,6 +28,7 @@ _EXACT = 2 << _SUB_BITS  # below this many ns, a bucket per value
 
 STATUSES = ("match", "mismatch", "noise", "timeout")
 LABELS = ("old", "new")
+NOT_MEASURED = -1  # an outcome's cpu_ns when its thread CPU time was not read
 _INT_BOUND = 2**63  # counts and durations read back from a log fit in 64 bits
 _MAX_BUCKET = 65 << _SUB_BITS  # bucket_of() of any 64-bit duration is below this
 _MAX_TIME = 1e12  # seconds since the epoch (year 33658): what a browser's Date can still show
@@ -346,10 +347,12 @@ class RouteAggregate:
             self.latency["old"].add(old_wall)
         if primary_only != "old":
             self.latency["new"].add(new_wall)
-        self.cpu["old"].add(old_cpu)
-        self.cpu["new"].add(new_cpu)
-        self.cpu_ns["old"] += old_cpu
-        self.cpu_ns["new"] += new_cpu
+        if old_cpu >= 0:  # NOT_MEASURED (-1) otherwise: see Shadow(cpu_time=...)
+            self.cpu["old"].add(old_cpu)
+            self.cpu_ns["old"] += old_cpu
+        if new_cpu >= 0:
+            self.cpu["new"].add(new_cpu)
+            self.cpu_ns["new"] += new_cpu
         minute = int(when // 60)
         slot = self.timeline.get(minute)
         if slot is None:

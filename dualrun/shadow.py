@@ -32,7 +32,7 @@ from dualrun.context import EMPTY, Label, RequestContext, check_label, current_r
 from dualrun.counters import new_counter
 from dualrun.plain import copy_by_pickle
 from dualrun.policy import stable_bucket
-from dualrun.recorder import Observation, Outcome, Recorder
+from dualrun.recorder import NOT_MEASURED, Observation, Outcome, Recorder
 from dualrun.redaction import redact_path
 from dualrun.sideeffects import Run, current_run, diff_side_effects
 from dualrun.workers import WorkerPool
@@ -78,7 +78,10 @@ class Shadow:
     the primary twice (see the README). ``copy``: ``(args, kwargs) -> (args, kwargs)`` for the
     shadow's arguments, or ``None`` to share them. ``redact``: ``(what, text) -> text`` for
     every request key (``what="key"``), value and error text that is recorded, so reports and
-    event logs only ever hold what it returns.
+    event logs only ever hold what it returns. ``cpu_time``: measure each run's thread CPU
+    time (a system call per read); by default only where runs are not paired in the caller's
+    thread (background, or a ``timeout``), as there the gate compares CPU time; inline, wall
+    times are comparable and CPU time is recorded as not measured (-1) unless ``True``.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class Shadow:
         calibrate_calls: int = 20,
         calibrate_sample: float = 5.0,
         redact: Callable[[str, str], str] | None = None,
+        cpu_time: bool | None = None,
     ) -> None:
         if primary != "any":
             check_label(primary, "Shadow primary (or 'any')")
@@ -122,6 +126,9 @@ class Shadow:
         if redact is not None and not callable(redact):
             raise ValueError(f"redact is a callable (what, text) -> text, got {redact!r}")
         self.redact = redact
+        if cpu_time is not None and not isinstance(cpu_time, bool):
+            raise ValueError(f"cpu_time is True, False or None (the default), got {cpu_time!r}")
+        self.cpu_time = cpu_time
         self.differ = Differ(tolerance=tolerance, exception_key=exception_key)
         self.workers = checks.whole_number(workers, "Shadow workers", maximum=MAX_WORKERS)
         self.queue_size = checks.whole_number(queue_size, "Shadow queue_size")
@@ -185,17 +192,23 @@ def _shared(first: Args, second: Args) -> bool:
     return first[0] is second[0] and first[1] is second[1]
 
 
-def _execute(fn: Callable[..., Any], args: Args, run: Run, request: RequestContext) -> _Result:
+def _execute(
+    fn: Callable[..., Any],
+    args: Args,
+    run: Run,
+    request: RequestContext,
+    clock: Callable[[], int] = thread_time_ns,
+) -> _Result:
     """Run one version on its own arguments; whatever it raises (``SystemExit`` and
     ``KeyboardInterrupt`` included) is its outcome, never the caller's."""
     run_token = current_run.set(run)
     request_token = current_request.set(request)
-    wall, cpu = perf_counter_ns(), thread_time_ns()
+    wall, cpu = perf_counter_ns(), clock()
     try:
         value, error = fn(*args[0], **args[1]), None
     except BaseException as exc:
         value, error = None, exc
-    wall, cpu = perf_counter_ns() - wall, thread_time_ns() - cpu
+    wall, cpu = perf_counter_ns() - wall, clock() - cpu
     current_request.reset(request_token)
     current_run.reset(run_token)
     return _Result(value, error, wall, cpu, run)
@@ -220,12 +233,17 @@ async def _capture(awaitable: Awaitable[Any]) -> tuple[Any, BaseException | None
 
 
 async def _execute_async(
-    fn: Callable[..., Any], args: Args, run: Run, request: RequestContext, timeout: float | None
+    fn: Callable[..., Any],
+    args: Args,
+    run: Run,
+    request: RequestContext,
+    timeout: float | None,
+    clock: Callable[[], int] = thread_time_ns,
 ) -> _Result:
     """Await one version, bounded by ``timeout`` (an await can be cancelled, unlike a call)."""
     run_token = current_run.set(run)
     request_token = current_request.set(request)
-    wall, cpu = perf_counter_ns(), thread_time_ns()
+    wall, cpu = perf_counter_ns(), clock()
     timed_out = False
     try:
         value, error = await asyncio.wait_for(_capture(fn(*args[0], **args[1])), timeout)
@@ -239,7 +257,7 @@ async def _execute_async(
         value, error = None, exc
     except BaseException as exc:
         value, error = None, exc
-    wall, cpu = perf_counter_ns() - wall, thread_time_ns() - cpu
+    wall, cpu = perf_counter_ns() - wall, clock() - cpu
     current_request.reset(request_token)
     current_run.reset(run_token)
     return _Result(value, error, wall, cpu, run, timed_out)
@@ -256,6 +274,10 @@ class ShadowRunner:
         # primary's wall time is measured as a caller sees it.
         self._paired = config.mode == "inline" and config.timeout is None
         recorder.redact = config.redact  # hook errors' texts, too, before they are recorded
+        # Thread CPU time costs a system call per read (0.3 to 1.5 µs): measured where the
+        # gate judges it (runs that are not paired), or when asked for.
+        self._cpu = config.cpu_time if config.cpu_time is not None else not self._paired
+        self._clock: Callable[[], int] = thread_time_ns if self._cpu else int
         # route -> generalised paths seen to be noisy, and the same as rules that match a path
         # and everything below it (compiled again only when a path is learnt)
         self._noise: dict[str, set[str]] = {}
@@ -336,19 +358,18 @@ class ShadowRunner:
                 return fn(*args, **kwargs)
         primary_run = Run(shadow=False)
         token = current_run.set(primary_run)
-        wall, cpu = perf_counter_ns(), thread_time_ns()
+        clock = self._clock
+        wall, cpu = perf_counter_ns(), clock()
         try:
             value = fn(*args, **kwargs)
         except BaseException as exc:
-            result = _Result(
-                None, exc, perf_counter_ns() - wall, thread_time_ns() - cpu, primary_run
-            )
+            result = _Result(None, exc, perf_counter_ns() - wall, clock() - cpu, primary_run)
             current_run.reset(token)
             self._after(
                 route, label, result, (args, kwargs), shadow_args, again_args, early, request
             )
             raise
-        result = _Result(value, None, perf_counter_ns() - wall, thread_time_ns() - cpu, primary_run)
+        result = _Result(value, None, perf_counter_ns() - wall, clock() - cpu, primary_run)
         current_run.reset(token)
         self._after(route, label, result, (args, kwargs), shadow_args, again_args, early, request)
         return value
@@ -431,7 +452,7 @@ class ShadowRunner:
         if timeout is None or self.config.mode == "background":
             next(entered)
             try:
-                result = _execute(fn, args, Run(shadow=True), shadow_request)
+                result = _execute(fn, args, Run(shadow=True), shadow_request, self._clock)
             finally:
                 next(left)
             if timeout is not None and result.wall_ns > timeout * 1e9:
@@ -441,7 +462,7 @@ class ShadowRunner:
         def run() -> _Result:
             next(entered)
             try:
-                return _execute(fn, args, Run(shadow=True), shadow_request)
+                return _execute(fn, args, Run(shadow=True), shadow_request, self._clock)
             finally:
                 next(left)
 
@@ -582,12 +603,13 @@ class ShadowRunner:
             if status == "match" and old.error is None and new.error is None:
                 if not _claimed():
                     return
+                cpu = self._cpu
                 self.recorder.record_match(
                     target,
                     old.wall_ns,
-                    old.cpu_ns,
+                    old.cpu_ns if cpu else NOT_MEASURED,
                     new.wall_ns,
-                    new.cpu_ns,
+                    new.cpu_ns if cpu else NOT_MEASURED,
                     None if self._paired else label,
                 )
                 return
@@ -602,8 +624,8 @@ class ShadowRunner:
             route=target,
             key=key,
             primary=label,
-            old=_outcome("old", old),
-            new=_outcome("new", new),
+            old=_outcome("old", old, self._cpu),
+            new=_outcome("new", new, self._cpu),
             differences=tuple(differences),
             noise=tuple(noise),
             status=status,
@@ -666,16 +688,15 @@ class ShadowRunner:
             early = await self._shadow_async(route, label, shadow_args, request)
         primary_run = Run(shadow=False)
         token = current_run.set(primary_run)
-        wall, cpu = perf_counter_ns(), thread_time_ns()
+        clock = self._clock
+        wall, cpu = perf_counter_ns(), clock()
         error: BaseException | None = None
         value: Any = None
         try:
             value = await fn(*args, **kwargs)
         except BaseException as exc:
             error = exc
-        result = _Result(
-            value, error, perf_counter_ns() - wall, thread_time_ns() - cpu, primary_run
-        )
+        result = _Result(value, error, perf_counter_ns() - wall, clock() - cpu, primary_run)
         current_run.reset(token)
         if isinstance(error, asyncio.CancelledError):
             raise error  # the caller is being cancelled: no shadow run to wait for
@@ -718,6 +739,7 @@ class ShadowRunner:
                 Run(shadow=True),
                 _shadow_request(request, runs),
                 self.config.timeout,
+                self._clock,
             )
         finally:
             next(left)
@@ -845,9 +867,10 @@ def redacted(obs: Observation, redact: Callable[[str, str], str]) -> Observation
     )
 
 
-def _outcome(label: str, result: _Result) -> Outcome:
+def _outcome(label: str, result: _Result, cpu: bool = True) -> Outcome:
     error = None
     if result.error is not None:
         error = f"{type(result.error).__qualname__}: {short_repr(str(result.error))}"
     value = None if result.error is not None or result.timed_out else short_repr(result.value)
-    return Outcome(label, value, error, result.wall_ns, result.cpu_ns, result.timed_out)
+    cpu_ns = result.cpu_ns if cpu else NOT_MEASURED
+    return Outcome(label, value, error, result.wall_ns, cpu_ns, result.timed_out)

@@ -23,7 +23,7 @@ import pytest
 from shadow_helpers import Lab, accounted, route_report
 
 import dualrun
-from dualrun.recorder import EXAMPLES_PER_GROUP, MAX_GROUPS, Observation
+from dualrun.recorder import EXAMPLES_PER_GROUP, MAX_GROUPS, NOT_MEASURED, Observation
 from dualrun.render import render_text
 from dualrun.shadow import copy_arguments
 from dualrun.sideeffects import current_run
@@ -1053,7 +1053,7 @@ def test_observations_record_both_outcomes_with_wall_and_cpu_time(lab: Lab) -> N
     versions = lab.pair(
         "def f(x):\n    return x\n", "def f(x):\n    time.sleep(0.02)\n    return x + 1\n"
     )
-    d = lab.dispatcher(versions, shadow=dualrun.Shadow())
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow(cpu_time=True))
     seen = observations(d)
     with dualrun.context(key="k-1"):
         d.route(lab.target("f"))(3)
@@ -1071,6 +1071,40 @@ def test_observations_record_both_outcomes_with_wall_and_cpu_time(lab: Lab) -> N
         assert all(q is not None and q > 0 for q in quantiles.values())
     assert report.latency_ns["new"]["p50"] >= 15_000_000
     assert report.latency_ratio["p50"] is not None and report.latency_ratio["p50"] > 1
+    assert all(q is not None for q in report.cpu_ns["new"].values())
+
+
+@pytest.mark.parametrize(
+    ("shadow", "measured"),
+    [
+        (dualrun.Shadow(), False),  # inline pairs: wall times compare, no CPU clock reads
+        (dualrun.Shadow(cpu_time=True), True),
+        (dualrun.Shadow(mode="background"), True),  # what the gate compares there
+        (dualrun.Shadow(timeout=5), True),
+        (dualrun.Shadow(mode="background", cpu_time=False), False),
+    ],
+)
+def test_cpu_time_is_read_where_it_is_judged_or_asked_for(
+    lab: Lab, shadow: dualrun.Shadow, measured: bool
+) -> None:
+    versions = lab.pair("def f(x):\n    return x\n", "def f(x):\n    return x + 1\n")
+    d = lab.dispatcher(versions, shadow=shadow)
+    seen = observations(d)
+    f = d.route(lab.target("f"))
+    for n in range(5):
+        f(n)  # mismatches
+    d.flush(5)
+    assert len(seen) == 5
+    cpu = {o.cpu_ns for obs in seen for o in (obs.old, obs.new)}
+    assert all(ns >= 0 for ns in cpu) if measured else cpu == {NOT_MEASURED}
+    report = route_report(d, lab.target("f"))
+    assert report.comparisons == 5 and report.latency_ns["old"]["p50"] is not None
+    assert (report.cpu_ns["new"]["p50"] is not None) is measured
+
+
+def test_cpu_time_is_true_false_or_none() -> None:
+    with pytest.raises(ValueError, match="cpu_time is True, False or None"):
+        dualrun.Shadow(cpu_time="yes")  # type: ignore[arg-type]
 
 
 # -- memory and the report -----------------------------------------------------------------------
