@@ -1,6 +1,6 @@
 """The web middleware against the same app without it, and the cost of OpenTelemetry metrics.
 
-    python benchmarks/bench_web.py
+    python benchmarks/bench_web.py [ROUNDS]     # default 7; more on a busy machine
 
 Rows, each timed in interleaved rounds against its anchor (the best round counts):
 
@@ -152,6 +152,9 @@ def otel_rows(root: Path) -> list[tuple[str, float, float]]:
 
 
 def main() -> None:
+    global ROUNDS
+    if len(sys.argv) > 1:
+        ROUNDS = int(sys.argv[1])
     token = mint("new", SECRET, ttl=3600)
     key = {"X-User-Id": "user-42"}
     pinned = {**key, "X-Dualrun-Version": token}
