@@ -1,4 +1,4 @@
-"""The fast paths of comparison and argument copies answer exactly as the slow ones.
+"""The fast paths of comparison, argument copies and histograms answer as the slow ones.
 
 * ``Differ.diff`` first compares the pickles of plain data; hypothesis checks it gives the
   differences the full structural walk gives, on pairs that are equal, equal by ``==`` but not
@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+from collections import Counter
 from typing import Any
 
 from hypothesis import given, settings
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 
 from dualrun.compare import Differ, Difference
 from dualrun.plain import copy_by_pickle, plain_pickle, same_plain
+from dualrun.recorder import Histogram, bucket_of
 from dualrun.shadow import copy_arguments
 
 SETTINGS = settings(max_examples=150, deadline=None)
@@ -170,3 +172,14 @@ def test_functions_and_classes_are_kept_by_the_pickle_copy() -> None:
     assert copied["f"] is copy_arguments and copied["t"] is Cart
     assert copied["nested"][0] is not value["nested"][0]
     assert copied["nested"][0].items == [{"q": 2}]
+
+
+@SETTINGS
+@given(durations=st.lists(st.integers(-10, 2**63 - 1), max_size=50))
+def test_histograms_bucket_every_duration_as_bucket_of_does(durations: list[int]) -> None:
+    """Histogram.add inlines bucket_of (it runs twice per shadowed call): the same buckets."""
+    histogram = Histogram()
+    for ns in durations:
+        histogram.add(ns)
+    assert histogram.buckets == dict(Counter(bucket_of(ns) for ns in durations))
+    assert histogram.count == len(durations)
