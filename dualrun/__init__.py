@@ -2,6 +2,7 @@
 
 from dualrun.compare import Difference
 from dualrun.context import RequestContext, context, current
+from dualrun.control import SQLiteControl
 from dualrun.dispatcher import Dispatcher
 from dualrun.errors import (
     ContextRequiredError,
@@ -41,6 +42,7 @@ __all__ = [
     "RequestContext",
     "Rollout",
     "RolloutStatus",
+    "SQLiteControl",
     "Shadow",
     "Status",
     "TargetNotFoundError",

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
 from dualrun import demo, replay
+from dualrun.control import cli as control_cli
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     pin_parser.add_argument("--secret-file", metavar="PATH", help="read the secret from a file")
     pin_parser.set_defaults(func=_run_pin_token)
     replay.add_commands(commands)  # replay, diff
+    control_cli.add_control_parser(commands)
     return parser
 
 

@@ -8,7 +8,7 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol
 
 import wrapt
 
@@ -40,6 +40,21 @@ from dualrun.targets import parse_target
 
 KILL_SWITCH_VARIABLE = "DUALRUN_KILL_SWITCH"
 EXIT_FLUSH_SECONDS = 2.0  # at interpreter exit, how long queued background shadows may still run
+
+
+class Attached(Protocol):
+    """A control's agent in this process (see :mod:`dualrun.control`)."""
+
+    def after_fork_in_child(self) -> None: ...
+
+    def close(self, timeout: float | None = ...) -> None: ...
+
+
+class Control(Protocol):
+    """Shared routing state for many processes: ``dualrun.SQLiteControl``,
+    ``dualrun.OpenFeatureControl``."""
+
+    def attach(self, dispatcher: Dispatcher) -> Attached: ...
 
 
 def check_migrations(
@@ -104,10 +119,16 @@ class Dispatcher:
         results_as: Label | None = None,
         require_context: bool = False,
         record: Recording | str | os.PathLike[str] | None = None,
+        control: Control | None = None,
     ) -> None:
         if not isinstance(versions, VersionPair):
             raise ValueError(
                 f"versions is the VersionPair that dualrun.load() returns, got {versions!r}"
+            )
+        if control is not None and not callable(getattr(control, "attach", None)):
+            raise ValueError(
+                "control is a dualrun.SQLiteControl(path) or dualrun.OpenFeatureControl(client, "
+                f"flag_key), or None; got {control!r}"
             )
         self.versions = versions
         self.migrations = check_migrations(migrate)
@@ -152,6 +173,8 @@ class Dispatcher:
             )
         if os.environ.get(KILL_SWITCH_VARIABLE, "").strip() not in ("", "0"):
             self.kill(f"{KILL_SWITCH_VARIABLE} is set")
+        # The control's agent reads the fleet's state on a thread of its own and applies it.
+        self.control: Attached | None = None if control is None else control.attach(self)
         forks.register(self)
 
     def after_fork_in_child(self) -> None:
@@ -165,6 +188,8 @@ class Dispatcher:
             self._shadow.after_fork_in_child()
         if self.journal is not None:
             self.journal.after_fork_in_child()
+        if self.control is not None:
+            self.control.after_fork_in_child()
 
     # -- policy ----------------------------------------------------------------------------
 
@@ -615,6 +640,8 @@ class Dispatcher:
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Undo every interception, finish queued shadow runs (up to ``timeout``), stop."""
+        if self.control is not None:
+            self.control.close(timeout)
         timeout = checks.wait_seconds(timeout, "close's timeout")
         stoppers, self._stoppers = self._stoppers, []
         for stop in stoppers:  # no rollout evaluates a gate on a closed dispatcher

@@ -6,12 +6,15 @@ writer, shadow pool and locks of its own, and counts only its own evidence.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fleet_helpers import Lab, eventually
 from log_helpers import LogLab, call_quietly, events, target
 
 import dualrun
@@ -125,3 +128,45 @@ def test_a_lock_held_by_another_thread_at_fork_does_not_hang_the_child(lab: LogL
         pytest.fail("the child hung on a lock its parent's other thread held at the fork")
     assert child.exitcode == 0
     assert out.get() == 1
+
+
+def _obey(d: dualrun.Dispatcher, route: str, go: Any, out: Any) -> None:
+    """In the child: once told, serve until the fleet's promote has reached this process."""
+    quote = d.route(route)
+    go.wait(20)
+    deadline = time.monotonic() + 5
+    while quote([1])[0] != "new" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    out.put((os.getpid(), quote([1])[0]))
+    d.close(timeout=5)
+
+
+def test_forked_children_join_the_fleet_and_obey_the_control(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    try:
+        control = dualrun.SQLiteControl(
+            tmp_path / "c.db", poll_interval=0.05, heartbeat_interval=0.2, live_after=5
+        )
+        versions = lab.pair()
+        route = f"{versions.old.name}.engine:quote"
+        d = lab.dispatcher(versions, control=control)
+        go, out = fork.Event(), fork.SimpleQueue()
+        children = [fork.Process(target=_obey, args=(d, route, go, out)) for _ in range(2)]
+        for child in children:
+            child.start()
+        try:
+            eventually(lambda: len(control.status().live) == 3)
+            assert {p.pid for p in control.status().live} == {
+                os.getpid(),
+                *(c.pid for c in children),
+            }
+            control.promote()
+            assert control.wait(5).acknowledged
+            go.set()
+            results = sorted(out.get() for _ in children)
+        finally:
+            for child in children:
+                child.join(20)
+        assert results == sorted((c.pid, "new") for c in children)
+    finally:
+        lab.cleanup()
