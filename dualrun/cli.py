@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     pin_parser.set_defaults(func=_run_pin_token)
     replay.add_commands(commands)  # replay, diff
     control_cli.add_control_parser(commands)
+    control_cli.add_rollout_parser(commands)
     return parser
 
 

@@ -134,7 +134,7 @@ def _obey(d: dualrun.Dispatcher, route: str, go: Any, out: Any) -> None:
     """In the child: once told, serve until the fleet's promote has reached this process."""
     quote = d.route(route)
     go.wait(20)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while quote([1])[0] != "new" and time.monotonic() < deadline:
         time.sleep(0.01)
     out.put((os.getpid(), quote([1])[0]))
@@ -155,13 +155,13 @@ def test_forked_children_join_the_fleet_and_obey_the_control(tmp_path: Path) -> 
         for child in children:
             child.start()
         try:
-            eventually(lambda: len(control.status().live) == 3)
+            eventually(lambda: len(control.status().live) == 3, timeout=20)
             assert {p.pid for p in control.status().live} == {
                 os.getpid(),
                 *(c.pid for c in children),
             }
             control.promote()
-            assert control.wait(5).acknowledged
+            assert control.wait(15).acknowledged
             go.set()
             results = sorted(out.get() for _ in children)
         finally:

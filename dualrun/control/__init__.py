@@ -6,11 +6,13 @@ A background agent per process reads the state and applies it; the routed call n
 """
 
 from dualrun.control.evidence import evidence_from_logs
+from dualrun.control.rollout import FleetRollout
 from dualrun.control.sqlite import FleetStatus, ProcessStatus, SQLiteControl
 from dualrun.control.state import ControlState
 
 __all__ = [
     "ControlState",
+    "FleetRollout",
     "FleetStatus",
     "ProcessStatus",
     "SQLiteControl",

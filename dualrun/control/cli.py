@@ -109,3 +109,67 @@ def run_control(args: argparse.Namespace) -> int:
     if args.wait and (not status.acknowledged or status.failed):
         return 1
     return 0
+
+
+def add_rollout_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "rollout",
+        help="drive the fleet's canary through steps under a gate (one controller at a time)",
+        description=(
+            "Step the canary percent in the control store through --steps, deciding each step "
+            "from the evidence every process published there. Several may run: the one holding "
+            "the lease drives, the others stand by and take over if it dies. Exit code: 0 "
+            "promoted, 1 rolled back or aborted (or --timeout ran out), 2 usage error."
+        ),
+    )
+    parser.add_argument("--db", required=True, metavar="PATH", help="the control store")
+    parser.add_argument("--steps", default="1,5,25,50,100", help="percents, rising (1,5,25,50,100)")
+    parser.add_argument("--interval", type=float, default=60.0, help="seconds per evaluation")
+    parser.add_argument("--min-comparisons", type=int, default=500)
+    parser.add_argument("--max-mismatch-rate", type=float, default=0.001)
+    parser.add_argument("--max-error-rate", type=float, default=0.001)
+    parser.add_argument("--max-latency-ratio", type=float, default=1.25)
+    parser.add_argument("--lease", type=float, default=10.0, help="lease seconds (10)")
+    parser.add_argument("--name", default="rollout", help="the rollout's name in the store")
+    parser.add_argument("--timeout", type=float, help="give up after this many seconds")
+    parser.set_defaults(func=run_rollout)
+
+
+def run_rollout(args: argparse.Namespace) -> int:
+    from dualrun.control.rollout import FleetRollout
+    from dualrun.gate import Gate
+
+    def show(entry: dict[str, Any]) -> None:
+        print(
+            f"step {entry['percent']:g}%: {entry['summary']} "
+            f"({entry['processes']} processes reported, {entry['live_processes']} live)",
+            flush=True,
+        )
+
+    try:
+        steps = [float(part) for part in args.steps.split(",")]
+        gate = Gate(
+            min_comparisons=args.min_comparisons,
+            max_mismatch_rate=args.max_mismatch_rate,
+            max_error_rate=args.max_error_rate,
+            max_latency_ratio=args.max_latency_ratio,
+        )
+        rollout = FleetRollout(
+            SQLiteControl(args.db),
+            steps,
+            gate,
+            args.interval,
+            name=args.name,
+            lease_seconds=args.lease,
+            on_decision=show,
+        )
+    except ValueError as exc:
+        print(f"dualrun rollout: {exc}", file=sys.stderr)
+        return 2
+    print(f"dualrun rollout {args.name}: {rollout.holder} taking part", flush=True)
+    record = rollout.run(args.timeout)
+    if record is None or record["state"] not in ("promoted", "rolled back", "aborted"):
+        print("dualrun rollout: not finished", flush=True)
+        return 1
+    print(f"rollout {record['state']}: {record.get('reason')}", flush=True)
+    return 0 if record["state"] == "promoted" else 1
