@@ -136,7 +136,7 @@ class Journal:
         emptied); the parent's are the parent's."""
         self._summary_lock = threading.Lock()
         self._last = {}
-        self._last_calls = {}
+        self._last_calls = {name: r.tally() for name, r in self._dispatcher.routes.items()}
         self._last_dropped = 0
         self._last_policy_errors = 0
         self._since = time.time()

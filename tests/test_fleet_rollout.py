@@ -131,7 +131,7 @@ def test_a_failing_candidate_is_rolled_back_everywhere(lab: Lab, tmp_path: Path)
         assert record is not None and record["state"] == "rolled back"
         state = control.read_state()
         assert state.mode == "rolled back" and not state.pins
-        eventually(lambda: not d.pins)
+        eventually(lambda: not d.pins_honored)
 
 
 def test_a_change_by_hand_or_the_kill_switch_ends_the_rollout_without_undoing_it(

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from dualrun.counters import Counter
+from dualrun.journal import _calls_since
 from dualrun.recorder import RouteAggregate
 from dualrun.report import Report, RouteReport, route_report
 
@@ -25,39 +27,43 @@ class DeltaTaker:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self._dispatcher = dispatcher
         self.reset()
+        self.take()  # what the dispatcher saw before the control was attached is not evidence
 
     def reset(self) -> None:
-        """Count from zero (a forked child, a swapped candidate: statistics restarted)."""
-        self._candidate = self._dispatcher.versions.new
+        """Count from zero (a forked child: its counters were renewed)."""
         self._last: dict[str, RouteAggregate] = {}
-        self._last_calls: dict[str, list[int]] = {}
+        self._last_calls: dict[str, list[tuple[Counter, int]]] = {}
 
     def take(self) -> dict[str, Any]:
         """``{route: {"calls": {...}, "aggregate": {...}}}`` added since the last call."""
         d = self._dispatcher
-        if d.versions.new is not self._candidate:
-            self.reset()  # a swap restarted the statistics: its counters start from zero
         recorder = d.recorder
         with recorder.locked():
             current = recorder.copy_unlocked()
-            calls = {name: route.call_counts() for name, route in d.routes.items()}
+            tallies = {name: route.tally() for name, route in d.routes.items()}
+        if any(name in self._last and name not in current for name in self._last):
+            self._last = {}  # a swap restarted the statistics: the aggregate starts from zero
         routes: dict[str, Any] = {}
-        for name in sorted(set(current) | set(calls)):
+        baselines: dict[str, list[tuple[Counter, int]]] = {}
+        for name in sorted(set(current) | set(tallies)):
             entry: dict[str, Any] = {}
-            before = self._last_calls.get(name, [0, 0, 0])
-            now = calls.get(name, before)
-            added = [a - b for a, b in zip(now, before, strict=True)]
+            added, baselines[name] = _calls_since(
+                tallies.get(name, []), self._last_calls.get(name, [])
+            )
             if any(added):
                 entry["calls"] = {"old": added[0], "new": added[1]}
                 entry["crossings"] = added[2]
             if name in current:
-                delta = current[name].since(self._last.get(name)).to_dict()
+                before = self._last.get(name)
+                if before is not None and before.comparisons > current[name].comparisons:
+                    before = None  # reset meanwhile
+                delta = current[name].since(before).to_dict()
                 if delta != RouteAggregate(name).to_dict():
                     entry["aggregate"] = delta
             if entry:
                 routes[name] = entry
         self._last = current
-        self._last_calls = calls
+        self._last_calls = baselines
         return routes
 
 
