@@ -2,7 +2,7 @@
 
 from dualrun.compare import Difference
 from dualrun.context import RequestContext, context, current
-from dualrun.control import SQLiteControl
+from dualrun.control import FleetRollout, OpenFeatureControl, SQLiteControl
 from dualrun.dispatcher import Dispatcher
 from dualrun.errors import (
     ContextRequiredError,
@@ -33,9 +33,11 @@ __all__ = [
     "DualrunWarning",
     "EventLog",
     "Fixed",
+    "FleetRollout",
     "Gate",
     "Interception",
     "LoadedVersion",
+    "OpenFeatureControl",
     "Policy",
     "Recording",
     "Report",

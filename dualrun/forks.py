@@ -26,9 +26,10 @@ _registered: weakref.WeakValueDictionary[int, ForkAware] = weakref.WeakValueDict
 _order = itertools.count()
 
 
-def register(obj: ForkAware) -> None:
-    """Call ``obj.after_fork_in_child()`` in every child forked while ``obj`` is alive."""
-    _registered[next(_order)] = obj
+def register(obj: ForkAware, first: bool = False) -> None:
+    """Call ``obj.after_fork_in_child()`` in every child forked while ``obj`` is alive; with
+    ``first``, before the others (what they may use as they renew, such as a lock)."""
+    _registered[-1 if first else next(_order)] = obj
 
 
 def _in_child() -> None:

@@ -194,14 +194,13 @@ class WebStats:
 
 
 def served_version(pin: Label | None, decisions: Mapping[Any, Any]) -> Label | None:
-    """The version a request was routed to: its pin, else the first routing decision made in
-    it (None if it made no routed call)."""
-    if pin is not None:
-        return pin
+    """The version a request was routed to: the first routing decision made in it, else its pin
+    (a pin the dispatcher honours is not recorded as a decision; one it ignores, after a
+    rollback, is not what served); None if it made no routed call."""
     for value in decisions.values():
         if value == "old" or value == "new":
             return value  # type: ignore[no-any-return]
-    return None
+    return pin
 
 
 _all_stats: weakref.WeakSet[WebStats] = weakref.WeakSet()

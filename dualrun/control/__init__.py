@@ -6,6 +6,7 @@ A background agent per process reads the state and applies it; the routed call n
 """
 
 from dualrun.control.evidence import evidence_from_logs
+from dualrun.control.openfeature import OpenFeatureControl
 from dualrun.control.rollout import FleetRollout
 from dualrun.control.sqlite import FleetStatus, ProcessStatus, SQLiteControl
 from dualrun.control.state import ControlState
@@ -14,6 +15,7 @@ __all__ = [
     "ControlState",
     "FleetRollout",
     "FleetStatus",
+    "OpenFeatureControl",
     "ProcessStatus",
     "SQLiteControl",
     "evidence_from_logs",

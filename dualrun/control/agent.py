@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dualrun.compare import describe
@@ -74,6 +75,7 @@ class Agent:
         self.apply_error: str | None = None  # why the last state could not be applied fully
         self._apply_error_since: float | None = None
         self._stop = threading.Event()
+        self.on_close: list[Callable[[], None]] = []  # e.g. remove a provider's event handler
         self._renew()
         if store is not None:
             self._quietly(store.ensure)
@@ -275,6 +277,9 @@ class Agent:
         """Stop the thread, publish the last evidence, and leave the fleet."""
         self._stop.set()
         self._wake.set()
+        for undo in self.on_close:
+            with contextlib.suppress(Exception):
+                undo()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
         if self.store is not None:

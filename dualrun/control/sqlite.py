@@ -11,18 +11,20 @@ across ``fork()`` (SQLite forbids using a connection in a forked child).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import sqlite3
+import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dualrun import checks
+from dualrun import checks, forks
 from dualrun.control.state import ControlState, from_dict
 
 if TYPE_CHECKING:
@@ -52,6 +54,50 @@ CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, rollout TEXT NOT NULL, time REAL NOT NULL,
     data TEXT NOT NULL);
 """
+
+
+class _ForkGate:
+    """No ``fork()`` while one of our threads is inside SQLite: SQLite's own mutexes, held by a
+    thread that does not exist in the child, would hang the child's first SQLite call. The
+    before-fork hook waits for running operations (each bounded by the busy timeout) and holds
+    new ones back until the fork is done."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._active = 0
+        self._forking = False
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[None]:
+        with self._cond:
+            while self._forking:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        self._cond.acquire()
+        self._forking = True
+        while self._active:
+            self._cond.wait()
+
+    def after_fork_in_parent(self) -> None:
+        self._forking = False
+        self._cond.notify_all()
+        self._cond.release()
+
+    def after_fork_in_child(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
+_gate = _ForkGate()
+os.register_at_fork(before=_gate.before_fork, after_in_parent=_gate.after_fork_in_parent)
+forks.register(_gate, first=True)  # renewed before an agent restarts its thread in the child
 HISTORY = 1000  # state changes kept
 EVIDENCE_SECONDS = 24 * 3600.0  # evidence rows kept
 RETRY_SECONDS = 30.0  # a writer gives up on a busy database after this long
@@ -205,11 +251,12 @@ class SQLiteControl:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
         def wal() -> None:
-            db = self._connect(create=True)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-            finally:
-                db.close()
+            with _gate.use():
+                db = self._connect(create=True)
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                finally:
+                    db.close()
 
         def create(db: sqlite3.Connection) -> None:
             for statement in SCHEMA.split(";"):
@@ -240,28 +287,30 @@ class SQLiteControl:
         """Run ``work`` in one write transaction, tried again while the database is busy."""
 
         def attempt() -> T:
-            db = self._connect(create=create_file)
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            with _gate.use():
+                db = self._connect(create=create_file)
                 try:
-                    result = work(db)
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-            finally:
-                db.close()
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = work(db)
+                        db.execute("COMMIT")
+                    except BaseException:
+                        db.execute("ROLLBACK")
+                        raise
+                finally:
+                    db.close()
             self.writes += 1
             return result
 
         return self._retrying(attempt)
 
     def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        db = self._connect()
-        try:
-            return work(db)
-        finally:
-            db.close()
+        with _gate.use():
+            db = self._connect()
+            try:
+                return work(db)
+            finally:
+                db.close()
 
     # -- the state --------------------------------------------------------------------------
 

@@ -16,6 +16,9 @@ with many workers can be started with nothing but a command line:
 ``SHOP_SERVED_BY``          ``1`` (default) adds ``X-Dualrun-Served-By`` to responses
 ``SHOP_METRICS_PORTS``      comma-separated ports; each worker serves its OpenTelemetry
                             metrics in Prometheus' format on the first one that is free
+``SHOP_CONTROL``            a control store (SQLite file) every worker obeys: ``dualrun
+                            control --db PATH promote`` and so on (default: none)
+``SHOP_CONTROL_POLL``       seconds between the workers' reads of it (default 0.5)
 ==========================  ================================================================
 """
 
@@ -63,12 +66,18 @@ def build(env: Mapping[str, str] = os.environ) -> Shop:
     log = env.get("SHOP_EVENT_LOG") or None
     if log is not None:
         log = log.replace("{pid}", str(os.getpid()))
+    control = env.get("SHOP_CONTROL") or None
     dispatcher = dualrun.Dispatcher(
         versions,
         policy=dualrun.Canary(percent=float(env.get("SHOP_CANARY", "50"))),
         shadow=shadow,
         log=log,
         record=env.get("SHOP_RECORD") or None,
+        control=None
+        if control is None
+        else dualrun.SQLiteControl(
+            control, poll_interval=float(env.get("SHOP_CONTROL_POLL", "0.5"))
+        ),
     )
     secret = env.get("SHOP_PIN_SECRET")
     options: dict[str, Any] = {
