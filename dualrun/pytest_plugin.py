@@ -18,6 +18,7 @@ import importlib.util
 import inspect
 import json
 import pkgutil
+import shutil
 import sys
 import tempfile
 import warnings
@@ -133,8 +134,8 @@ class DualrunPlugin:
         if self.controller:
             return
         rootdir = str(self.config.rootpath)
-        if rootdir not in sys.path:
-            sys.path.insert(0, rootdir)
+        if importlib.util.find_spec(self.package) is None and rootdir not in sys.path:
+            sys.path.insert(0, rootdir)  # a package at the root of the project, not installed
         try:
             versions = load(self.package, old=self.old, new=self.new_source())
         except VersionLoadError as exc:
@@ -197,6 +198,8 @@ class DualrunPlugin:
                 warnings.warn(f"dualrun: {message}", stacklevel=1)
 
             self.report = report_from_logs(self.worker_logs, problem)[0]
+            if self.log_dir is not None:
+                shutil.rmtree(self.log_dir, ignore_errors=True)
         if self.report is None or self.workerinput is not None:
             return
         self._write_report()
