@@ -74,7 +74,12 @@ class DualrunASGI:
         if not callable(app):
             raise TypeError(f"app is an ASGI application (a callable), got {app!r}")
         self.app = app
-        self.settings = Settings(key, attrs, pins, served_by_header)
+        self.settings = settings = Settings(key, attrs, pins, served_by_header)
+        self._names = {  # header names as the scope holds them
+            spec[1]: spec[1].encode("latin-1")
+            for spec in (settings.key, *settings.attrs.values())
+            if isinstance(spec, tuple) and spec[0] == "header"
+        }
         self._served_by = (
             None if self.settings.served_by is None else self.settings.served_by.lower().encode()
         )
@@ -88,7 +93,7 @@ class DualrunASGI:
             return self.settings.call(spec, request)
         kind, name = spec
         if kind == "header":
-            return _header(scope, name.encode("latin-1"))
+            return _header(scope, self._names[name])
         return parse_cookies(_header(scope, b"cookie")).get(name)
 
     def _pin(self, scope: Scope, pins: Pins) -> tuple[Label | None, bool]:
