@@ -64,6 +64,20 @@ class Difference:
         return dataclasses.asdict(self)
 
 
+class _Missing:
+    """Where one version has no value at all (a key, a field, a set member): shown as
+    ``<missing>``, never as ``None``, which is a value."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return MISSING
+
+
+MISSING = "<missing>"
+_MISSING = _Missing()
+
+
 def generalize(path: str) -> str:
     """``$.items[3].price`` -> ``$.items[*].price``."""
     return _INDEX.sub("[*]", path)
@@ -359,11 +373,11 @@ class Differ:
             elif key in partner:
                 yield value, new[partner[key]], sub
             else:
-                self._add(out, sub, "missing", value, None)
+                self._add(out, sub, "missing", value, _MISSING)
         taken = {id(key) for key in partner.values()}
         for key in only_new:
             if id(key) not in taken:
-                self._add(out, key_path(path, key), "extra", None, new[key])
+                self._add(out, key_path(path, key), "extra", _MISSING, new[key])
 
     def _pairs(self, only_old: list[Any], only_new: list[Any]) -> dict[Any, Any]:
         """Members present on one side only that equal one on the other side as values.
@@ -415,10 +429,10 @@ class Differ:
         taken = {id(item) for item in partner.values()}
         for item in only_old:
             if item not in partner:
-                self._add(out, f"{path}{{{short_repr(item)}}}", "missing", item, None)
+                self._add(out, f"{path}{{{short_repr(item)}}}", "missing", item, _MISSING)
         for item in only_new:
             if id(item) not in taken:
-                self._add(out, f"{path}{{{short_repr(item)}}}", "extra", None, item)
+                self._add(out, f"{path}{{{short_repr(item)}}}", "extra", _MISSING, item)
 
     def _record(self, run: _Run, pair: tuple[int, int], old: Any, new: Any, path: str) -> None:
         """Anything else: ``==`` if it answers True, then fields, then the printed value."""

@@ -20,7 +20,8 @@ vertical-align:top;border-bottom:1px solid #ddd} th{background:#f4f4f4}
 td.num{text-align:right;font-variant-numeric:tabular-nums} code{font-size:.95em}
 .charts{display:flex;gap:2em;flex-wrap:wrap} figure{margin:0} figcaption{color:#555}
 svg{background:#fafafa;border:1px solid #ddd} .old{fill:#4a7bd0;stroke:#4a7bd0}
-.new{fill:#e07b39;stroke:#e07b39} .rate{fill:none;stroke:#c0392b;stroke-width:2}
+.new{fill:#e07b39;stroke:#e07b39} span.old{color:#4a7bd0} span.new{color:#e07b39}
+.rate{fill:none;stroke:#c0392b;stroke-width:2}
 .axis{stroke:#999;fill:none} .label{fill:#555;font-size:11px;stroke:none}
 .ex{font-family:monospace;font-size:.9em;color:#444}
 """
@@ -112,7 +113,7 @@ def _divergence_table(title: str, divergences: list[Divergence], top: int | None
             f"<td><code>{_e(d.path)}</code></td><td>{examples}</td></tr>"
         )
     return (
-        f"<h3>{_e(title)}</h3><table class='{_e(title.lower())}'><tr><th>count</th><th>share</th>"
+        f"<h3>{_e(title)}</h3><table class='{_e(title.lower())}'><tr><th>calls</th><th>of calls</th>"
         f"<th>kind</th><th>path</th><th>examples: old → new</th></tr>{''.join(rows)}</table>"
     )
 

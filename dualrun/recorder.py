@@ -262,7 +262,8 @@ class Histogram:
 
 @dataclass
 class DivergenceGroup:
-    """All differences with one signature (generalised path + kind)."""
+    """All differences with one signature (generalised path + kind); ``count`` is the number of
+    calls that had one (each call once, however many elements of a list differed)."""
 
     path: str
     kind: str
@@ -372,13 +373,18 @@ class RouteAggregate:
     def _group(
         self, groups: dict[str, DivergenceGroup], diffs: Iterable[Difference], key: str | None
     ) -> None:
+        seen: set[str] = set()
         for difference in diffs:
-            group = groups.get(difference.signature)
+            signature = difference.signature
+            if signature in seen:
+                continue  # a group counts calls: $.lines[*].qty once however many lines differ
+            seen.add(signature)
+            group = groups.get(signature)
             if group is None:
                 if len(groups) >= MAX_GROUPS:
                     self.groups_overflow += 1
                     continue
-                group = groups[difference.signature] = DivergenceGroup(
+                group = groups[signature] = DivergenceGroup(
                     generalize(difference.path), difference.kind
                 )
             group.add(difference, key)

@@ -159,7 +159,7 @@ def _cpu(route: RouteReport, name: str) -> str:
 
 
 def _divergence_rows(divergences: list[Divergence], top: int | None) -> list[tuple[str, ...]]:
-    rows: list[tuple[str, ...]] = [("count", "share", "kind", "path", "example: old -> new")]
+    rows: list[tuple[str, ...]] = [("calls", "of calls", "kind", "path", "example: old -> new")]
     for d in divergences[:top]:
         example = d.examples[0] if d.examples else {"old": None, "new": None}
         rows.append(

@@ -37,7 +37,7 @@ class Divergence:
     path: str
     kind: str
     count: int
-    share: float  # of the route's comparisons
+    share: float  # of the route's comparisons: the calls with this divergence, each call once
     examples: list[dict[str, Any]]
 
 

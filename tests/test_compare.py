@@ -137,8 +137,8 @@ def test_type_differences() -> None:
 def test_missing_and_extra_keys() -> None:
     found = Differ().diff({"a": 1, "b": 2}, {"b": 2, "c": 3})
     assert found == [
-        Difference("$.a", "missing", "1", "None"),
-        Difference("$.c", "extra", "None", "3"),
+        Difference("$.a", "missing", "1", "<missing>"),
+        Difference("$.c", "extra", "<missing>", "3"),
     ]
 
 
@@ -168,8 +168,8 @@ def test_a_permutation_is_one_order_difference() -> None:
 def test_set_members_are_missing_or_extra() -> None:
     found = Differ().diff({"tags": {"a", "b"}}, {"tags": {"b", "c"}})
     assert found == [
-        Difference("$.tags{'a'}", "missing", "'a'", "None"),
-        Difference("$.tags{'c'}", "extra", "None", "'c'"),
+        Difference("$.tags{'a'}", "missing", "'a'", "<missing>"),
+        Difference("$.tags{'c'}", "extra", "<missing>", "'c'"),
     ]
     assert diff(frozenset({1, 2}), frozenset({1, 2})) == []
     assert diff({3, 1}, {1, 2, 3}) == [("${2}", "extra")]
@@ -589,3 +589,13 @@ def test_ignore_rules_start_with_the_root(pattern: Any) -> None:
 def test_difference_is_exported_and_hashable() -> None:
     assert dualrun.Difference is Difference
     assert len({Difference("$", "value", "1", "2"), Difference("$", "value", "1", "2")}) == 1
+
+
+def test_a_missing_field_is_shown_apart_from_a_field_that_is_none() -> None:
+    """``None -> None`` (kind "extra") used to be all a report said of a field that new added
+    with the value None: ``<missing>`` names the side that has no value at all."""
+    differences = Differ().diff({"a": None}, {"b": None})
+    assert [(d.path, d.kind, d.old, d.new) for d in differences] == [
+        ("$.a", "missing", "None", "<missing>"),
+        ("$.b", "extra", "<missing>", "None"),
+    ]

@@ -16,9 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from log_helpers import ROUTE_A, ROUTE_B, T0, LogLab, observation, target
+
+from dualrun.report import Report, RouteReport
 
 # The SVG namespace name the page's script passes to createElementNS: an identifier that is
 # never fetched, not a reference to anything on the network.
@@ -98,22 +101,21 @@ def chromium() -> str:
     return found
 
 
+HEADLESS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
 def dump_dom(page: Path, profile: Path) -> str:
     done = subprocess.run(
-        [
-            chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            "--dump-dom",
-            page.as_uri(),
-        ],
+        [chromium(), *HEADLESS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
         capture_output=True,
         text=True,
         timeout=90,
@@ -228,3 +230,48 @@ def test_the_html_report_renders_its_charts_in_headless_chromium(
     assert paths_b == ["$.total", "$['<b>tag</b>']"]  # escaped, shown as text
     assert dom.find("b") == []
     assert breaker in sections[1].all_text()  # shown as text, and the script above still ran
+
+
+def screenshot(page: Path, profile: Path, shot: Path) -> Any:
+    """The page as Chromium paints it, as a Pillow RGB image."""
+    from PIL import Image
+
+    done = subprocess.run(
+        [
+            chromium(),
+            *HEADLESS,
+            f"--user-data-dir={profile}",
+            "--hide-scrollbars",
+            "--window-size=1000,1400",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
+    return Image.open(shot).convert("RGB")
+
+
+def near(pixel: tuple[int, int, int], colour: str, tolerance: int = 40) -> bool:
+    rgb = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, rgb, strict=True))
+
+
+def test_the_latency_legend_shows_each_series_colour(tmp_path: Path) -> None:
+    """The legend squares of the latency chart were both grey: a CSS ``fill`` does not colour
+    text. Here the chart has no bars (no latencies), so the only pixels in the two series'
+    colours are the legend's."""
+    chromium()
+    route = RouteReport(route="svc.a:quote", comparisons=10, matches=10, timeline=[[1, 10, 0]])
+    page = tmp_path / "legend.html"
+    page.write_text(Report(policy="Fixed('old')", routes=[route]).to_html())
+    image = screenshot(page, tmp_path / "profile", tmp_path / "legend.png")
+    counts = {"#4a7bd0": 0, "#e07b39": 0}
+    for count, pixel in image.getcolors(1 << 24):
+        for colour in counts:
+            if near(pixel, colour):
+                counts[colour] += count
+    assert counts["#4a7bd0"] >= 10 and counts["#e07b39"] >= 10, counts

@@ -329,7 +329,7 @@ def test_every_format(timed_log: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert text.startswith("dualrun report (policy Fixed('old'))")
     assert "mismatch rate" in text and "divergences (most frequent first):" in text
     header = next(line for line in text.splitlines() if "count" in line and "path" in line)
-    assert header.split() == ["count", "share", "kind", "path", "example:", "old", "->", "new"]
+    assert header.split() == ["calls", "of", "calls", "kind", "path", "example:", "old", "->", "new"]
 
     code, out, _ = run(capsys, str(timed_log), "--format", "json")
     assert code == 0 and json.loads(out)["schema"] == 1

@@ -1,0 +1,74 @@
+"""Reports that never mislead: each call counted once per divergence signature, live call
+counts in process, ``<missing>`` apart from ``None``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from log_helpers import ROUTE_A, T0, LogLab, observation, target
+
+import dualrun
+from dualrun.compare import Differ
+from dualrun.logread import report_from_logs
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[LogLab]:
+    lab = LogLab(tmp_path)
+    yield lab
+    lab.cleanup()
+
+
+def test_a_per_element_path_counts_each_call_once_of_calls(lab: LogLab) -> None:
+    d = lab.dispatcher(lab.pair())
+    for i in range(10):  # each call: three lines differ in quantity
+        paths = ("$.lines[0].qty", "$.lines[1].qty", "$.lines[2].qty", "$.total")
+        d.recorder.record(observation(ROUTE_A, "mismatch", T0 + i, paths=paths))
+    report = d.report()
+    route = report.route(ROUTE_A)
+    shares = {g.path: (g.count, g.share) for g in route.divergences}
+    assert shares == {"$.lines[*].qty": (10, 1.0), "$.total": (10, 1.0)}
+    text = report.to_text()
+    assert "calls  of calls" in text and "100.00%" in text and "300.00%" not in text
+    assert "<th>of calls</th>" in report.to_html()
+    assert "| calls | of calls |" in report.to_markdown()
+
+
+def test_the_in_process_report_shows_live_call_counts(lab: LogLab) -> None:
+    versions = lab.pair()
+    log = lab.path()
+    d = lab.dispatcher(
+        versions,
+        policy=dualrun.Canary(30),
+        shadow=dualrun.Shadow("any", mode="background"),
+        log=dualrun.EventLog(str(log), summary_interval=3600),  # no summary meanwhile
+    )
+    quote = d.route(target(versions, "stamp"))
+    for n in range(1, 201):
+        with dualrun.context(key=f"user-{n}"):
+            quote(n)
+    assert d.flush(10)
+    route = d.report().route(target(versions, "stamp"))
+    assert sum(route.calls.values()) == 200 and route.calls["old"] > 0 and route.calls["new"] > 0
+    assert route.comparisons + route.dropped == 200
+    d.close()
+    from_logs, _ = report_from_logs([str(log)], lambda problem: None)
+    assert from_logs.route(target(versions, "stamp")).calls == route.calls
+
+
+def test_missing_is_shown_apart_from_none_in_every_format(lab: LogLab) -> None:
+    d = lab.dispatcher(lab.pair())
+    differences = tuple(Differ().diff({"a": None}, {"b": None}))
+    d.recorder.record(
+        dataclasses.replace(observation(ROUTE_A, "mismatch", T0), differences=differences)
+    )
+    report = d.report()
+    text = report.to_text()
+    assert "None -> <missing>" in text and "<missing> -> None" in text
+    assert "None → &lt;missing&gt;" in report.to_html()
+    assert "&lt;missing&gt; → None" in report.to_html()
+    assert "None -> &lt;missing>" in report.to_markdown()  # shown as <missing>
+    assert "<missing>" in report.to_json()
