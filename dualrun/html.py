@@ -113,8 +113,9 @@ def _divergence_table(title: str, divergences: list[Divergence], top: int | None
             f"<td><code>{_e(d.path)}</code></td><td>{examples}</td></tr>"
         )
     return (
-        f"<h3>{_e(title)}</h3><table class='{_e(title.lower())}'><tr><th>calls</th><th>of calls</th>"
-        f"<th>kind</th><th>path</th><th>examples: old → new</th></tr>{''.join(rows)}</table>"
+        f"<h3>{_e(title)}</h3><table class='{_e(title.lower())}'><tr><th>calls</th>"
+        f"<th>of calls</th><th>kind</th><th>path</th><th>examples: old → new</th></tr>"
+        f"{''.join(rows)}</table>"
     )
 
 
