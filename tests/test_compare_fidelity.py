@@ -367,7 +367,7 @@ def by_color():
     changed[new.Color.BLUE] = 3
     assert [d.kind for d in Differ().diff(old.by_color(), changed)] == ["value"]
     assert Differ().diff(old.colors(), {new.Color.RED}) == [
-        Difference("${<Color.BLUE: 2>}", "missing", "<Color.BLUE: 2>", "None")
+        Difference("${<Color.BLUE: 2>}", "missing", "<Color.BLUE: 2>", "<missing>")
     ]
 
 
