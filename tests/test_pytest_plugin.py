@@ -107,7 +107,7 @@ def test_the_suite_finds_the_planted_change_then_passes_once_accepted(
         [
             "*dualrun: pricing from git:main (old) vs this tree (new)*",
             "pricing.engine:quote: 5 calls compared, 2 mismatches",
-            "  NEW pricing.engine:quote $.discount_reason extra: 1 call, e.g. None -> *",
+            "  NEW pricing.engine:quote $.discount_reason extra: 1 call, e.g. <missing> -> *",
             "      tests/test_shop.py::test_bulk_carts_get_a_discount",
             "  NEW pricing.engine:quote $.lines[*].total value: 1 call, e.g. '0.12' -> '0.13'",
             "      tests/test_shop.py::test_a_bolt_costs_something",
