@@ -386,7 +386,7 @@ def test_replay_command_formats_and_exit_codes(
     code, out, _ = run_cli(capsys, "replay", rec, "--old", old, "--new", old, "--format", "json")
     assert code == 0
     assert json.loads(out)["routes"][0]["mismatches"] == 0
-    for fmt, marker in (("markdown", "| count |"), ("html", "<html")):
+    for fmt, marker in (("markdown", "| calls |"), ("html", "<html")):
         code, out, _ = run_cli(capsys, "replay", rec, "--old", old, "--new", new, "--format", fmt)
         assert code == 1 and marker in out
     code, out, _ = run_cli(capsys, "replay", rec, "--new", new, "--against-recorded")

@@ -339,7 +339,7 @@ def test_every_format(timed_log: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert code == 0
     assert markdown.startswith("## dualrun report")
     assert f"### `{ROUTE_A}`" in markdown
-    assert "| count | share | kind | path | example: old -> new |" in markdown
+    assert "| calls | of calls | kind | path | example: old -> new |" in markdown
     assert "|---|---|---|---|---|" in markdown
 
     code, page, _ = run(capsys, str(timed_log), "--format", "html")
