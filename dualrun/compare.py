@@ -311,10 +311,24 @@ class Differ:
         if old_type is not new_type and type_name(old) != type_name(new):
             self._add(out, path, "type", old, new)
             return
+        if old_type is dict or old_type is list or old_type is tuple:  # the common containers
+            pair = (id(old), id(new))
+            if pair not in run.seen:
+                self._enter(run, pair)
+                if old_type is dict:
+                    run.stack.append(self._mapping_pairs(old, new, path, out))
+                else:
+                    self._sequence(run, old, new, path)
+            return
         if isinstance(old, float | complex):
             if not self._numbers_equal(old, new):
                 self._add(out, path, "value", old, new)
             return
+        equal = None if run.eq_recursed else _equal(old, new)
+        if equal is True:
+            return
+        if equal is RecursionError:
+            run.eq_recursed, equal = True, None
         if isinstance(old, BaseException):
             if self.exception_key(old) != self.exception_key(new):
                 self._add(out, path, "exception", old, new)
@@ -335,7 +349,7 @@ class Differ:
         elif isinstance(old, set | frozenset):
             self._set(old, new, path, out)
         else:
-            self._record(run, pair, old, new, path)
+            self._record(run, pair, old, new, path, equal)
 
     def _enter(self, run: _Run, pair: tuple[int, int]) -> None:
         """Mark ``pair`` as on the current path until its children are done."""
@@ -434,18 +448,17 @@ class Differ:
             if id(item) not in taken:
                 self._add(out, f"{path}{{{short_repr(item)}}}", "extra", _MISSING, item)
 
-    def _record(self, run: _Run, pair: tuple[int, int], old: Any, new: Any, path: str) -> None:
-        """Anything else: ``==`` if it answers True, then fields, then the printed value."""
-        equal = None if run.eq_recursed else _equal(old, new)
-        if equal is RecursionError:
-            run.eq_recursed, equal = True, None
-        if equal is True or (_is_nan(old) and _is_nan(new)):
-            return
+    def _record(
+        self, run: _Run, pair: tuple[int, int], old: Any, new: Any, path: str, equal: Any
+    ) -> None:
+        """Anything else, not equal by ``==``: its fields, else the printed value."""
         fields = _fields(old)
         if fields is not None:
             self._enter(run, pair)
             new_fields = _fields(new) or {}
             run.stack.append(self._mapping_pairs(fields, new_fields, path, run.out))
+            return
+        if _is_nan(old) and _is_nan(new):  # Decimal NaN, numpy-like scalars: no fields
             return
         (old_text, old_ok), (new_text, new_ok) = _full_repr(old), _full_repr(new)
         if not (old_ok and new_ok):
