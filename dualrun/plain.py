@@ -31,6 +31,15 @@ class _PlainPickler(pickle.Pickler):
         raise _NotPlain  # the C pickler asks only about objects beyond its own builtin types
 
 
+def _plain_pickler(buffer: io.BytesIO) -> pickle.Pickler:
+    pickler = _PlainPickler(buffer, pickle.HIGHEST_PROTOCOL)
+    # No memo: equal values built with different sharing of their strings or tuples (one
+    # version reuses a literal, the other builds the text) must pickle alike. Without a memo a
+    # cycle cannot be pickled: it raises, and is compared by the walk.
+    pickler.fast = True
+    return pickler
+
+
 class _CopyPickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if hasattr(type(obj), "__deepcopy__"):
@@ -48,7 +57,7 @@ class _Local(threading.local):
 
     def renew(self) -> None:
         self.buffer = io.BytesIO()
-        self.pickler = _PlainPickler(self.buffer, pickle.HIGHEST_PROTOCOL)
+        self.pickler = _plain_pickler(self.buffer)
 
 
 _local = _Local()
@@ -59,7 +68,7 @@ def plain_pickle(value: object) -> bytes | None:
     local = _local
     if local.busy:  # re-entered (a signal handler comparing): a pickler of its own
         buffer = io.BytesIO()
-        pickler: pickle.Pickler = _PlainPickler(buffer, pickle.HIGHEST_PROTOCOL)
+        pickler: pickle.Pickler = _plain_pickler(buffer)
     else:
         buffer, pickler = local.buffer, local.pickler
         local.busy = True

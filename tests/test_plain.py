@@ -183,3 +183,15 @@ def test_histograms_bucket_every_duration_as_bucket_of_does(durations: list[int]
         histogram.add(ns)
     assert histogram.buckets == dict(Counter(bucket_of(ns) for ns in durations))
     assert histogram.count == len(durations)
+
+
+def test_equal_values_shared_differently_are_still_the_same_plain_data() -> None:
+    text = "SKU-" + "1"  # one object, used twice on one side
+    shared = {"a": text, "b": text, "t": (1, 2), "u": None}
+    shared["u"] = shared["t"]
+    apart = {"a": "".join(["SKU", "-1"]), "b": "".join(["SKU-", "1"]), "t": (1, 2), "u": (1, 2)}
+    assert shared["a"] is shared["b"] and apart["a"] is not apart["b"]
+    assert same_plain(shared, apart) and Differ().diff(shared, apart) == []
+    cyclic: list[Any] = [1]
+    cyclic.append(cyclic)
+    assert plain_pickle(cyclic) is None  # compared by the walk, which handles cycles
