@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from dualrun import demo, replay
 from dualrun.control import cli as control_cli
+from dualrun.render import printable
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -98,14 +99,13 @@ def _run_pin_token(args: argparse.Namespace) -> int:
                 raise ValueError(f"set the secret in ${args.secret_env} or give --secret-file")
         print(mint(args.label, secret, args.ttl))
     except (OSError, ValueError) as exc:
-        print(f"dualrun pin-token: {exc}", file=sys.stderr)
+        print(f"dualrun pin-token: {printable(exc)}", file=sys.stderr)
         return 2
     return 0
 
 
 def _run_report(args: argparse.Namespace) -> int:
     from dualrun.logread import parse_time, report_from_logs
-    from dualrun.render import printable
 
     try:
         since = None if args.since is None else parse_time(args.since)

@@ -27,6 +27,7 @@ from dualrun.context import context
 from dualrun.loading import Version, VersionPair, load, load_version
 from dualrun.recorder import Recorder
 from dualrun.recording import RecordedCall, read_calls
+from dualrun.render import printable
 from dualrun.report import Report, route_report
 from dualrun.shadow import Shadow, ShadowRunner
 from dualrun.testing import Agreement, inline_shadow
@@ -242,8 +243,8 @@ def _shadow(args: argparse.Namespace) -> Shadow:
 
 
 def _problem(command: str) -> Callable[[str], None]:
-    def problem(message: str) -> None:
-        print(f"dualrun {command}: {message}", file=sys.stderr)
+    def problem(message: str) -> None:  # file names and recorded values: shown, not obeyed
+        print(f"dualrun {command}: {printable(message)}", file=sys.stderr)
 
     return problem
 

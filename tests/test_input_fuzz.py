@@ -146,6 +146,24 @@ def test_event_log(name: str, value: Any, target: Any, tmp_path: Path) -> None:
 
 
 @FUZZ
+@given(
+    name=st.sampled_from(
+        ["sample", "routes", "redact", "secret_fields", "max_bytes", "backups", "queue_size"]
+    ),
+    value=ANYTHING,
+    path=ANYTHING,
+)
+def test_recording(name: str, value: Any, path: Any, tmp_path: Path) -> None:
+    made = attempt(lambda: dualrun.Recording(tmp_path / "calls.jsonl", **{name: value}))
+    if made is not None and hasattr(made, "close"):
+        made.close()
+    if not isinstance(path, str | bytes):  # (a string is a file name)
+        other = attempt(lambda: dualrun.Recording(path))
+        if other is not None and hasattr(other, "close"):
+            other.close()
+
+
+@FUZZ
 @given(key=ANYTHING, pin=ANYTHING)
 def test_context(key: Any, pin: Any) -> None:
     made = attempt(lambda: dualrun.context(key=key, pin=pin))
@@ -173,11 +191,13 @@ def test_stable_bucket_of_a_key_with_lone_surrogates_is_a_bucket() -> None:
 
 @FUZZ
 @given(
-    name=st.sampled_from(["policy", "shadow", "log", "migrate"]),
+    name=st.sampled_from(
+        ["policy", "shadow", "log", "migrate", "results_as", "require_context", "record"]
+    ),
     value=ANYTHING,
 )
 def test_dispatcher(name: str, value: Any, versions: dualrun.VersionPair, tmp_path: Path) -> None:
-    if name == "log" and isinstance(value, str):
+    if name in ("log", "record") and isinstance(value, str):
         value = str(tmp_path / "fuzz.jsonl") if value else value
     made = attempt(lambda: dualrun.Dispatcher(versions, **{name: value}))
     if made is not None:

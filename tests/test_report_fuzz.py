@@ -348,9 +348,11 @@ def mutated_events(draw: st.DrawFn) -> Any:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(events=st.lists(mutated_events(), min_size=1, max_size=4))
-def test_lines_of_any_shape_never_break_the_report(events: list[Any]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+@given(events=st.lists(mutated_events(), min_size=1, max_size=4), fast=st.booleans())
+def test_lines_of_any_shape_never_break_the_report(events: list[Any], fast: bool) -> None:
+    """Both decoders: the standard library's and, with the ``fast`` extra, msgspec's."""
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DUALRUN_FAST_JSON", "1" if fast else "0")
         log = write(Path(tmp) / "log.jsonl", DIVERGENCE, *events, SUMMARY)
         for fmt, (code, out, err) in zip(FORMATS, every_format(log), strict=True):
             assert code in (0, 1), err
@@ -359,3 +361,18 @@ def test_lines_of_any_shape_never_break_the_report(events: list[Any]) -> None:
             assert len(named) == err.count("\n"), err  # every message names its line
             assert 1 not in named and len(events) + 2 not in named, err  # the good ones count
             assert_clean(fmt, out)
+
+
+def test_replay_and_pin_token_messages_are_escaped(tmp_path: Path) -> None:
+    missing = tmp_path / "evil\x1b]0;pwned\x07\n.jsonl"
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        code = cli.main(["replay", str(missing), "--new", str(tmp_path), "--old", str(tmp_path)])
+    assert code == 2
+    assert "\x1b" not in err.getvalue() and "\x07" not in err.getvalue()
+    assert "evil\\x1b]0;pwned\\x07\\n.jsonl" in err.getvalue()
+    secret_file = tmp_path / "no\x1b[2Jsecret"
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        code = cli.main(["pin-token", "new", "--secret-file", str(secret_file)])
+    assert code == 2 and "\x1b" not in err.getvalue() and "no\\x1b[2Jsecret" in err.getvalue()
