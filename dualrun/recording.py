@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,17 @@ _HOST = socket.gethostname()
 _random = random.random
 
 
+def _names(value: object, what: str) -> tuple[str, ...]:
+    """A string or an iterable of strings, as a tuple; ValueError for anything else."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Iterable) and not isinstance(value, bytes | Mapping):
+        names = tuple(value)
+        if all(isinstance(name, str) for name in names):
+            return names
+    raise ValueError(f"{what} is a string or a list of strings, got {value!r}")
+
+
 class Recording:
     """Where and how to record calls: see the module's description.
 
@@ -86,15 +97,12 @@ class Recording:
         if Path(self.path.replace("{pid}", "0")).is_dir():
             raise ValueError(f"Recording path is a file path, but {self.path!r} is a directory")
         self.sample = checks.percent(sample, "Recording sample")
-        if isinstance(routes, str):
-            routes = (routes,)
-        self.routes = None if routes is None else tuple(routes)
+        self.routes = None if routes is None else _names(routes, "Recording routes")
         if redact is not None and not callable(redact):
             raise ValueError(f"redact is a callable (path, value) -> value, got {redact!r}")
         self.redact = redact
-        if isinstance(secret_fields, str):
-            secret_fields = (secret_fields,)
-        self.secret_fields = tuple(name.lower() for name in secret_fields)
+        fields = _names(secret_fields, "Recording secret_fields")
+        self.secret_fields = tuple(name.lower() for name in fields)
         self.max_bytes = checks.whole_number(max_bytes, "Recording max_bytes", minimum=1024)
         self.backups = checks.whole_number(backups, "Recording backups", minimum=0)
         self.queue_size = checks.whole_number(queue_size, "Recording queue_size")

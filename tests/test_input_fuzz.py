@@ -292,6 +292,13 @@ def test_the_reported_cases(make: Callable[[], Any], expected: type, words: str)
     assert words in str(caught.value)
 
 
+@pytest.mark.parametrize("value", [b"\x00", 5, [1], {"a": "b"}])
+@pytest.mark.parametrize("name", ["secret_fields", "routes"])
+def test_recording_names_of_the_wrong_type(name: str, value: Any, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=f"Recording {name} is a string or a list of strings"):
+        dualrun.Recording(tmp_path / "calls.jsonl", **{name: value})
+
+
 def test_route_of_a_list(versions: dualrun.VersionPair) -> None:
     d = dualrun.Dispatcher(versions)
     try:
