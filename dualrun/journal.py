@@ -29,7 +29,7 @@ class Journal:
         self._dispatcher = dispatcher
         self.log = log
         self._last: dict[str, RouteAggregate] = {}
-        self._last_calls: dict[str, list[tuple[Counter, int]]] = {}
+        self._last_calls: dict[str, list[dict[Counter, int]]] = {}  # per tally position
         self._last_dropped = 0
         self._summary_lock = threading.Lock()
         self._last_policy_errors = 0
@@ -90,7 +90,7 @@ class Journal:
         policy_errors = dispatcher.policy_error_count()
         current = recorder.copy_unlocked()
         routes: dict[str, Any] = {}
-        baselines: dict[str, list[tuple[Counter, int]]] = {}
+        baselines: dict[str, list[dict[Counter, int]]] = {}
         for name in sorted(set(current) | set(tallies)):
             entry: dict[str, Any] = {}
             added, baselines[name] = _calls_since(
@@ -102,7 +102,6 @@ class Journal:
                 entry["outside_context"] = added[3]
                 if added[4]:
                     entry["results_converted"] = added[4]
-                entry["outside_context"] = added[3]
             if name in current:
                 delta = current[name].since(self._last.get(name)).to_dict()
                 if delta != RouteAggregate(name).to_dict():
@@ -158,22 +157,29 @@ class Journal:
 
 
 def _calls_since(
-    tally: list[tuple[Counter, int]], last: list[tuple[Counter, int]]
-) -> tuple[list[int], list[tuple[Counter, int]]]:
-    """Calls counted since ``last``, per counter, and the baseline for the next summary.
+    tally: list[tuple[Counter, list[Counter]]], last: list[dict[Counter, int]]
+) -> tuple[list[int], list[dict[Counter, int]]]:
+    """Calls counted since ``last``, per position, and the baselines for the next summary.
 
-    A counter that a swap replaced gives its calls since ``last`` (the calls of the previous
-    candidate); the counter that replaced it is counted from zero in the next summary, so each
+    Every counter a position ever used gives its calls since ``last`` (a replaced one: the
+    previous candidate's, and those of calls that read their slot just before the swap). A
+    counter bound since ``last`` (a swap) is counted from the next summary on, so each
     candidate's calls go into the summaries of its own time."""
-    if not last:
-        return [value for _, value in tally], tally
     added: list[int] = []
-    baseline: list[tuple[Counter, int]] = []
-    for (counter, value), (previous, then) in zip(tally, last, strict=True):
-        if counter is previous:
-            added.append(value - then)
-            baseline.append((counter, value))
-        else:
-            added.append(peek(previous) - then)
-            baseline.append((counter, 0))
-    return added, baseline
+    baselines: list[dict[Counter, int]] = []
+    for position, (current, every) in enumerate(tally):
+        before = last[position] if last else {}
+        total = 0
+        baseline: dict[Counter, int] = {}
+        for counter in every:
+            value = peek(counter)
+            if counter in before:
+                total += value - before[counter]
+            elif counter is current and last:
+                value = 0  # bound since the last summary: its calls go into the next one
+            else:
+                total += value  # a route's first summary, or a binding no summary saw
+            baseline[counter] = value
+        added.append(total)
+        baselines.append(baseline)
+    return added, baselines

@@ -61,6 +61,8 @@ class Route:
         self.results_converted = new_counter()  # results converted for the caller
         self.found: dict[Label, Found] = {}
         self.entered: dict[Label, Counter] = {}
+        # Every counter of calls a label was bound to, for the summaries (one per swap).
+        self._counted: dict[Label, list[Counter]] = {"old": [], "new": []}
         self.left: dict[Label, Counter] = {}
         self.slots: dict[Label, Slot] = {}
         self._call_base: dict[Label, int] = {}  # calls before the statistics last restarted
@@ -94,6 +96,7 @@ class Route:
         """Serve ``label`` with ``found`` (of the version whose modules' names start with one
         of ``prefixes``), counting afresh."""
         entered, left = new_counter(), new_counter()
+        self._counted[label].append(entered)
         shadow = (new_counter(), new_counter())
         self.found[label] = found
         self.entered[label], self.left[label] = entered, left
@@ -120,6 +123,7 @@ class Route:
     def renew_counters(self) -> None:
         """Count from zero (a forked child counts its own calls), keeping every alias."""
         serving = dict(self.serving)
+        self._counted = {"old": [], "new": []}  # the parent's calls are the parent's
         for label in ("old", "new"):
             self.bind(label, self.found[label], self._prefixes[label])
         for label, to in serving.items():
@@ -147,19 +151,19 @@ class Route:
         """Calls made outside any dualrun.context since the statistics restarted."""
         return peek(self.outside) - self._outside_base
 
-    def tally(self) -> list[tuple[Counter, int]]:
-        """The raw counters of calls served by old, by new, of crossings, of calls outside any
-        context and of converted results, with their values:
-        a summary takes the calls since the previous one per counter, so calls counted by a
-        binding that a swap replaced are not lost, nor counted twice."""
-        counters = (
-            self.entered["old"],
-            self.entered["new"],
-            self.crossings,
-            self.outside,
-            self.results_converted,
-        )
-        return [(counter, peek(counter)) for counter in counters]
+    def tally(self) -> list[tuple[Counter, list[Counter]]]:
+        """For calls served by old, by new, crossings, calls outside any context and converted
+        results: the counter now in use and every counter used so far. A summary takes the
+        calls since the previous one from each, so calls counted by a binding that a swap
+        replaced (even before any summary, even by a call that read its slot just before the
+        swap) are neither lost nor counted twice."""
+        return [
+            (self.entered["old"], list(self._counted["old"])),
+            (self.entered["new"], list(self._counted["new"])),
+            (self.crossings, [self.crossings]),
+            (self.outside, [self.outside]),
+            (self.results_converted, [self.results_converted]),
+        ]
 
     def in_flight(self, label: Label) -> int:
         """Calls running in the version bound to ``label`` now, serving callers or as shadows."""

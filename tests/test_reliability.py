@@ -819,3 +819,22 @@ def test_close_counts_every_background_shadow_it_does_not_wait_for_exactly_once(
     report = route_report(d, lab.target("f"))
     assert report.comparisons + report.dropped == 10, (report.comparisons, report.dropped)
     assert report.dropped >= 4
+
+
+def test_calls_before_a_swap_that_precedes_the_first_summary_are_in_the_log(
+    bench: Bench, tmp_path: Path
+) -> None:
+    # Found by the chaos test: the first summary only knew the counters bound at that time.
+    path = tmp_path / "log.jsonl"
+    d = bench.dispatcher(bench.pair("A", "B"), policy=dualrun.Fixed("new"), log=str(path))
+    quote = d.route(bench.target)
+    for i in range(30):
+        quote(i)
+    d.swap_candidate(bench.source("C"))  # no summary was written before it
+    for i in range(10):
+        quote(i)
+    d.close()
+    events = _lines(path)
+    swap = next(i for i, e in enumerate(events) if e["event"] == "dualrun.swap")
+    assert _summed_calls(events[:swap], bench.target) == {"old": 0, "new": 30}
+    assert _summed_calls(events[swap:], bench.target) == {"old": 0, "new": 10}
