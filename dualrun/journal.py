@@ -135,7 +135,9 @@ class Journal:
         emptied); the parent's are the parent's."""
         self._summary_lock = threading.Lock()
         self._last = {}
-        self._last_calls = {name: r.tally() for name, r in self._dispatcher.routes.items()}
+        self._last_calls = {
+            name: baseline(route.tally()) for name, route in self._dispatcher.routes.items()
+        }
         self._last_dropped = 0
         self._last_policy_errors = 0
         self._since = time.time()
@@ -154,6 +156,11 @@ class Journal:
         self.log.flush(timeout)
         self.summarize(force=True)
         self.log.close(timeout)
+
+
+def baseline(tally: list[tuple[Counter, list[Counter]]]) -> list[dict[Counter, int]]:
+    """A baseline for :func:`_calls_since` that counts from now on."""
+    return [{counter: peek(counter) for counter in every} for _, every in tally]
 
 
 def _calls_since(

@@ -32,7 +32,7 @@ class DeltaTaker:
     def reset(self) -> None:
         """Count from zero (a forked child: its counters were renewed)."""
         self._last: dict[str, RouteAggregate] = {}
-        self._last_calls: dict[str, list[tuple[Counter, int]]] = {}
+        self._last_calls: dict[str, list[dict[Counter, int]]] = {}
 
     def take(self) -> dict[str, Any]:
         """``{route: {"calls": {...}, "aggregate": {...}}}`` added since the last call."""
@@ -44,7 +44,7 @@ class DeltaTaker:
         if any(name in self._last and name not in current for name in self._last):
             self._last = {}  # a swap restarted the statistics: the aggregate starts from zero
         routes: dict[str, Any] = {}
-        baselines: dict[str, list[tuple[Counter, int]]] = {}
+        baselines: dict[str, list[dict[Counter, int]]] = {}
         for name in sorted(set(current) | set(tallies)):
             entry: dict[str, Any] = {}
             added, baselines[name] = _calls_since(
