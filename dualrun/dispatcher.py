@@ -640,9 +640,9 @@ class Dispatcher:
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Undo every interception, finish queued shadow runs (up to ``timeout``), stop."""
-        if self.control is not None:
-            self.control.close(timeout)
         timeout = checks.wait_seconds(timeout, "close's timeout")
+        if self.control is not None:  # first: its last report finds the dispatcher whole
+            self.control.close(timeout)
         stoppers, self._stoppers = self._stoppers, []
         for stop in stoppers:  # no rollout evaluates a gate on a closed dispatcher
             stop(timeout)
@@ -665,6 +665,8 @@ class Dispatcher:
             runner.close(EXIT_FLUSH_SECONDS, abandon=True)
         if self.journal is not None:
             self.journal.summarize()
+        if self.control is not None:  # the last evidence, and the fleet stops waiting for us
+            self.control.close(EXIT_FLUSH_SECONDS)
 
     def status(self) -> Status:
         """Where the dispatcher stands now: which version serves, which are loaded, the policy,

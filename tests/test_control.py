@@ -207,6 +207,8 @@ def test_processes_report_what_they_applied_and_their_evidence(lab: Lab, tmp_pat
     assert everything[0].calls["old"] + everything[0].calls["new"] == 150
     after = merge(routes for _, routes in control.evidence_rows(0, state.version))
     assert after[0].comparisons == 50  # tagged with the state they were observed under
+    assert dualrun.Gate(min_comparisons=10).evaluate(control.evidence()).verdict == "rollback"
+    assert control.evidence(since_version=state.version)[0].comparisons == 50
 
 
 def test_bad_arguments_are_refused_when_given(lab: Lab, tmp_path: Path) -> None:

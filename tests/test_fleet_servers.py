@@ -142,6 +142,7 @@ def test_every_worker_obeys_the_control_store(
 
     sent = client.sent
     assert server.stop() is not None
+    assert [p.pid for p in store.status().processes] == []  # each left the fleet as it exited
     files = [str(p) for p in tmp_path.glob("events-*.jsonl")]
     report, _ = report_from_logs(files, lambda message: None)
     calls = report.route(ROUTE).calls

@@ -89,6 +89,8 @@ def test_forked_children_write_their_own_events_and_totals_add_up(lab: LogLab) -
     merged = report.route(route)
     assert merged.calls["old"] + merged.calls["new"] == 40 + 4 * 60
     assert merged.comparisons == 40 + 4 * 60
+    fleet = dualrun.control.evidence_from_logs([str(log)])  # what a gate reads from the logs
+    assert fleet.route(route).comparisons == 40 + 4 * 60
 
 
 def _record_one(d: dualrun.Dispatcher, route: str, out: Any) -> None:

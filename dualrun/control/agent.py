@@ -118,13 +118,16 @@ class Agent:
     def _run(self) -> None:
         last_report = 0.0 if self._reports == 0 else time.monotonic()
         while not self._stop.is_set():
-            changed = self.poll()
-            store = self.store
-            if store is not None and (
-                changed or time.monotonic() - last_report >= store.heartbeat_interval
-            ):
-                last_report = time.monotonic()
-                self.publish()
+            try:
+                changed = self.poll()
+                store = self.store
+                if store is not None and (
+                    changed or time.monotonic() - last_report >= store.heartbeat_interval
+                ):
+                    last_report = time.monotonic()
+                    self.publish()
+            except Exception as exc:  # never let the thread die: the fleet would lose us
+                self._read_failed(describe(exc))
             self._wake.wait(self.source.poll_interval)
             self._wake.clear()
 
@@ -145,7 +148,11 @@ class Agent:
             if key == self._applied_key:
                 return False
             self._take_evidence()  # what was observed under the previous state is tagged so
-            self._apply(state, killed)
+            try:
+                self._apply(state, killed)
+            except Exception as exc:  # the agent outlives anything a dispatcher raises
+                self.apply_error = f"applying v{state.version}: {describe(exc)}"
+                self._apply_error_since = self._apply_error_since or time.time()
             self._applied_key = key
             self.applied, self.applied_at = state, time.time()
             return True
@@ -206,7 +213,10 @@ class Agent:
                         problems.append(f"promote: {describe(exc)}")
             elif state.mode == "rolled back":
                 if d._promoted or not _same_policy(d.policy, policy):
-                    d.rollback()
+                    try:
+                        d.rollback()
+                    except Exception as exc:  # nothing to roll back to (retired): say so
+                        problems.append(f"rollback: {describe(exc)}")
             elif not _same_policy(d.policy, policy) or d._promoted:
                 d.policy = policy
                 d._promoted = False
@@ -274,7 +284,9 @@ class Agent:
             self._read_failed(describe(exc))
 
     def close(self, timeout: float | None = 5.0) -> None:
-        """Stop the thread, publish the last evidence, and leave the fleet."""
+        """Stop the thread, publish the last evidence, and leave the fleet (once)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._wake.set()
         for undo in self.on_close:

@@ -498,6 +498,16 @@ class SQLiteControl:
         )
         return [(str(process), json.loads(data)) for process, data in rows]
 
+    def evidence(self, generation: int | None = None, since_version: int = 0) -> list[Any]:
+        """The fleet's merged evidence, as route reports for :meth:`dualrun.Gate.evaluate`:
+        every process's reports for the candidate ``generation`` (default: the current one)
+        made at state ``since_version`` or later."""
+        from dualrun.control.evidence import merge
+
+        if generation is None:
+            generation = self.read_state().generation
+        return merge(routes for _, routes in self.evidence_rows(generation, since_version))
+
     # -- the processes' side -----------------------------------------------------------------
 
     def attach(self, dispatcher: Dispatcher) -> Agent:
