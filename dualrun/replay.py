@@ -24,6 +24,7 @@ from typing import Any
 
 from dualrun.compare import describe, type_name
 from dualrun.context import context
+from dualrun.errors import TargetNotFoundError
 from dualrun.loading import Version, VersionPair, load, load_version
 from dualrun.recorder import Recorder
 from dualrun.recording import RecordedCall, read_calls
@@ -88,7 +89,12 @@ def replay(
                 skipped += 1
                 recorder.count(call.route, "skipped", why)
                 continue
-            routed = agreement.route(call.route)
+            try:
+                routed = agreement.route(call.route)
+            except (TargetNotFoundError, ImportError) as exc:  # a route of another package
+                skipped += 1
+                recorder.count(call.route, "skipped", f"not in these versions: {describe(exc)}")
+                continue
             # Old's exception is compared with new's by the shadow, not raised here.
             with context(key=_key(call), pin="old"), contextlib.suppress(Exception):
                 _call(routed, call, loop)
@@ -125,7 +131,12 @@ def replay_against_recorded(
             continue
         fn = functions.get(call.route)
         if fn is None:
-            fn = functions[call.route] = new.resolve(call.route)
+            try:
+                fn = functions[call.route] = new.resolve(call.route)
+            except (TargetNotFoundError, ImportError, AttributeError) as exc:
+                skipped += 1
+                recorder.count(call.route, "skipped", f"not in this version: {describe(exc)}")
+                continue
         began = time.perf_counter_ns()
         value: Any = None
         error: BaseException | None = None

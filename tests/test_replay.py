@@ -364,6 +364,21 @@ def test_calls_with_unrecorded_arguments_are_skipped_and_counted(
     assert route.skipped == 1 and "not recorded faithfully" in str(route.last_internal_error)
 
 
+def test_calls_of_routes_the_versions_lack_are_skipped_and_counted(
+    shop: dualrun.VersionPair, tmp_path: Path
+) -> None:
+    record_and_shadow(shop, tmp_path / "r.jsonl", 20)
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    foreign = json.loads(lines[1])
+    foreign["route"] = "shop.prices:gone"
+    (tmp_path / "r.jsonl").write_text("\n".join([*lines, json.dumps(foreign)]) + "\n")
+    calls = list(read_calls([str(tmp_path / "r.jsonl")], pytest.fail))
+    for replayed in (replay(calls, shop), replay_against_recorded(calls, shop.new)):
+        assert (replayed.calls, replayed.skipped) == (22, 1)
+        gone = replayed.report.route("shop.prices:gone")
+        assert gone.skipped == 1 and "gone" in str(gone.last_internal_error)
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
