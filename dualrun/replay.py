@@ -317,6 +317,8 @@ def run_diff(args: argparse.Namespace) -> int:
         name = args.name or args.target.partition(":")[0].partition(".")[0]
         versions = load(name, old=args.old, new=args.new)
         try:
+            for version in versions:  # a target missing in either is an error, named at once
+                version.resolve(args.target)
             result = replay(read_inputs(args.inputs, args.target, problem), versions, shadow)
         finally:
             versions.unload()
