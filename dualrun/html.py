@@ -105,6 +105,11 @@ def _divergence_table(title: str, divergences: list[Divergence], top: int | None
         examples = "".join(
             f"<div class='ex'>{_e(x.get('path'))}: {_e(x.get('old'))} → {_e(x.get('new'))}"
             f"{' (key ' + _e(x['key']) + ')' if x.get('key') is not None else ''}</div>"
+            + "".join(
+                f"<details class='traceback'><summary>traceback of {_e(label)}</summary>"
+                f"<pre>{_e(text)}</pre></details>"
+                for label, text in (x.get("traceback") or {}).items()
+            )
             for x in d.examples
         )
         rows.append(

@@ -111,6 +111,13 @@ def example_from_dict(data: object) -> dict[str, Any]:
     example: dict[str, Any] = {"path": _text(fields["path"], "example path")}
     for name in ("old", "new", "key"):
         example[name] = _optional_text(fields.get(name), f"example {name}")
+    if "traceback" in fields:
+        tracebacks = _dict(fields["traceback"], "an example's traceback")
+        example["traceback"] = {
+            label: _text(tracebacks[label], "a traceback")
+            for label in LABELS
+            if label in tracebacks
+        }
     return example
 
 
@@ -124,9 +131,13 @@ class Outcome:
     wall_ns: int
     cpu_ns: int
     timed_out: bool = False
+    # the exception's traceback, bounded, for the first examples of each error only
+    traceback: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {} if self.traceback is None else {"traceback": self.traceback}
         return {
+            **extra,
             "label": self.label,
             "value": self.value,
             "error": self.error,
@@ -148,6 +159,7 @@ class Outcome:
             _int(data["wall_ns"], "wall_ns", -_INT_BOUND),
             _int(data["cpu_ns"], "cpu_ns", -_INT_BOUND),
             timed_out,
+            _optional_text(data.get("traceback"), "traceback"),
         )
 
 
@@ -270,12 +282,20 @@ class DivergenceGroup:
     count: int = 0
     examples: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, difference: Difference, key: str | None) -> None:
+    def add(
+        self, difference: Difference, key: str | None, tracebacks: dict[str, str] | None = None
+    ) -> None:
         self.count += 1
         if len(self.examples) < EXAMPLES_PER_GROUP:
-            self.examples.append(
-                {"path": difference.path, "old": difference.old, "new": difference.new, "key": key}
-            )
+            example: dict[str, Any] = {
+                "path": difference.path,
+                "old": difference.old,
+                "new": difference.new,
+                "key": key,
+            }
+            if tracebacks:
+                example["traceback"] = tracebacks
+            self.examples.append(example)
 
 
 @dataclass
@@ -332,7 +352,8 @@ class RouteAggregate:
         else:
             self.mismatches += 1
             slot[1] += 1
-        self._group(self.groups, obs.differences, obs.key)
+        tracebacks = {o.label: o.traceback for o in (obs.old, obs.new) if o.traceback is not None}
+        self._group(self.groups, obs.differences, obs.key, tracebacks)
         self._group(self.noise_groups, obs.noise, obs.key)
 
     def compared(
@@ -371,7 +392,11 @@ class RouteAggregate:
         return slot
 
     def _group(
-        self, groups: dict[str, DivergenceGroup], diffs: Iterable[Difference], key: str | None
+        self,
+        groups: dict[str, DivergenceGroup],
+        diffs: Iterable[Difference],
+        key: str | None,
+        tracebacks: dict[str, str] | None = None,
     ) -> None:
         seen: set[str] = set()
         for difference in diffs:
@@ -387,7 +412,7 @@ class RouteAggregate:
                 group = groups[signature] = DivergenceGroup(
                     generalize(difference.path), difference.kind
                 )
-            group.add(difference, key)
+            group.add(difference, key, tracebacks if difference.kind == "exception" else None)
 
     # -- serialisation and arithmetic, for event-log summaries --------------------------------
 

@@ -218,6 +218,9 @@ def render_text(report: Report, top: int | None = None) -> str:
         if route.noise_divergences:
             lines.append("  noise (paths that differ between two runs of the same version):")
             lines += _table(_divergence_rows(route.noise_divergences, top))
+        for title, text in tracebacks(route.divergences, top):
+            lines.append(f"  {title}:")
+            lines += [f"    {printable(line)}" for line in text.splitlines()]
     notes = bound_notes(report)
     return "\n".join(lines + ([""] if notes else []) + notes) + "\n"
 
@@ -253,9 +256,26 @@ def render_markdown(report: Report, top: int | None = None) -> str:
                 "|" + "---|" * len(rows[0]),
             ]
             lines += ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in rows[1:]]
+        for title, text in tracebacks(route.divergences, top):
+            fence = "~~~~" if "```" in text else "```"
+            body = [printable(line) for line in text.splitlines()]
+            lines += ["", f"**{_md(title)}**", "", fence, *body, fence]
     for note in bound_notes(report):
         lines += ["", f"**{note}**"]
     return "\n".join(lines) + "\n"
+
+
+def tracebacks(divergences: list[Divergence], top: int | None) -> list[tuple[str, str]]:
+    """(title, traceback) of the first example of each shown divergence that has one: where a
+    version raised, what the reader needs first."""
+    found = []
+    for d in divergences[:top]:
+        for example in d.examples:
+            for label, text in (example.get("traceback") or {}).items():
+                found.append((f"traceback of {label} ({d.path} {d.kind}, first example)", text))
+            if example.get("traceback"):
+                break
+    return found
 
 
 def _code(text: object) -> str:

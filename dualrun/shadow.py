@@ -11,8 +11,10 @@ import asyncio
 import copy
 import dataclasses
 import random
+import re
 import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import Context, ContextVar, copy_context
 from time import perf_counter_ns, thread_time_ns
@@ -32,7 +34,14 @@ from dualrun.context import EMPTY, Label, RequestContext, check_label, current_r
 from dualrun.counters import new_counter
 from dualrun.plain import copy_by_pickle
 from dualrun.policy import stable_bucket
-from dualrun.recorder import NOT_MEASURED, Observation, Outcome, Recorder
+from dualrun.recorder import (
+    EXAMPLES_PER_GROUP,
+    MAX_GROUPS,
+    NOT_MEASURED,
+    Observation,
+    Outcome,
+    Recorder,
+)
 from dualrun.redaction import redact_path
 from dualrun.sideeffects import Run, current_run, diff_side_effects
 from dualrun.workers import WorkerPool
@@ -283,6 +292,7 @@ class ShadowRunner:
         self._noise: dict[str, set[str]] = {}
         self._noise_rules: dict[str, IgnoreRules] = {}
         self._calibrations: dict[str, int] = {}
+        self._tracebacks: dict[str, int] = {}  # route, label, exception type -> formatted
         self._lock = threading.Lock()
         self._pool = WorkerPool(config.workers, config.queue_size, "dualrun-shadow")
         self._helpers = WorkerPool(config.workers, config.workers, "dualrun-timeout")
@@ -624,8 +634,8 @@ class ShadowRunner:
             route=target,
             key=key,
             primary=label,
-            old=_outcome("old", old, self._cpu),
-            new=_outcome("new", new, self._cpu),
+            old=_outcome("old", old, self._cpu, self._traceback(target, "old", old)),
+            new=_outcome("new", new, self._cpu, self._traceback(target, "new", new)),
             differences=tuple(differences),
             noise=tuple(noise),
             status=status,
@@ -655,6 +665,22 @@ class ShadowRunner:
             None,
             request,
         )
+
+    def _traceback(self, target: str, label: str, result: _Result) -> str | None:
+        """A bounded traceback for the first examples of each route, version and exception
+        type (formatting one costs tens of microseconds: not for every failing call)."""
+        if result.error is None:
+            return None
+        key = f"{target} {label} {type(result.error).__qualname__}"
+        with self._lock:
+            seen = self._tracebacks.get(key, 0)
+            if seen >= EXAMPLES_PER_GROUP or (not seen and len(self._tracebacks) >= MAX_GROUPS):
+                return None
+            self._tracebacks[key] = seen + 1
+        try:
+            return bounded_traceback(result.error)
+        except Exception:  # a traceback that cannot be formatted is left out, never raised
+            return None
 
     # -- async calls -------------------------------------------------------------------------
 
@@ -855,7 +881,12 @@ def redacted(obs: Observation, redact: Callable[[str, str], str]) -> Observation
         return Difference(redact_path(d.path, redact), d.kind, old, new)
 
     def outcome(o: Outcome) -> Outcome:
-        return dataclasses.replace(o, value=text("value", o.value), error=text("error", o.error))
+        return dataclasses.replace(
+            o,
+            value=text("value", o.value),
+            error=text("error", o.error),
+            traceback=text("error", o.traceback),
+        )
 
     return dataclasses.replace(
         obs,
@@ -867,10 +898,28 @@ def redacted(obs: Observation, redact: Callable[[str, str], str]) -> Observation
     )
 
 
-def _outcome(label: str, result: _Result, cpu: bool = True) -> Outcome:
+def _outcome(
+    label: str, result: _Result, cpu: bool = True, traceback_text: str | None = None
+) -> Outcome:
     error = None
     if result.error is not None:
         error = f"{type(result.error).__qualname__}: {short_repr(str(result.error))}"
     value = None if result.error is not None or result.timed_out else short_repr(result.value)
     cpu_ns = result.cpu_ns if cpu else NOT_MEASURED
-    return Outcome(label, value, error, result.wall_ns, cpu_ns, result.timed_out)
+    return Outcome(label, value, error, result.wall_ns, cpu_ns, result.timed_out, traceback_text)
+
+
+_PRIVATE_PREFIX = re.compile(r"_dualrun_\d+\.")
+TRACEBACK_FRAMES = 8
+TRACEBACK_CHARS = 2000
+
+
+def bounded_traceback(error: BaseException) -> str:
+    """The last ``TRACEBACK_FRAMES`` frames of ``error``'s traceback, at most
+    ``TRACEBACK_CHARS`` characters, with the versions' private prefixes (``_dualrun_3.``)
+    removed so that names read as in the source."""
+    lines = traceback.format_exception(
+        type(error), error, error.__traceback__, limit=-TRACEBACK_FRAMES
+    )
+    text = _PRIVATE_PREFIX.sub("", "".join(lines)).rstrip()
+    return text if len(text) <= TRACEBACK_CHARS else "…" + text[-(TRACEBACK_CHARS - 1) :]

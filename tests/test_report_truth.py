@@ -72,3 +72,51 @@ def test_missing_is_shown_apart_from_none_in_every_format(lab: LogLab) -> None:
     assert "&lt;missing&gt; → None" in report.to_html()
     assert "None -> &lt;missing>" in report.to_markdown()  # shown as <missing>
     assert "<missing>" in report.to_json()
+
+
+FAILING_NEW = """
+def quote(n):
+    return {"n": n, "rate": helper(n)}
+
+
+def helper(n):
+    if n % 3 == 0:
+        raise ValueError(f"no rate in {__name__}")
+    return n
+"""
+
+
+def test_a_shadow_exception_keeps_a_bounded_traceback_in_every_format(
+    lab: LogLab, tmp_path: Path
+) -> None:
+    name, old_dir, new_dir = lab.dirs()
+    (new_dir / name / "engine.py").write_text(FAILING_NEW)
+    (old_dir / name / "engine.py").write_text(FAILING_NEW.replace("n % 3 == 0", "False"))
+    versions = dualrun.load(name, old=str(old_dir), new=str(new_dir))
+    lab.pairs.append(versions)
+    log = lab.path()
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow(), log=str(log))
+    quote = d.route(f"{name}.engine:quote")
+    for n in range(30):
+        quote(n)  # new raises ValueError for n % 3 == 0: ten times
+    d.close()
+    from_logs, _ = report_from_logs([str(log)], lambda problem: None)
+    for report in (d.report(), from_logs):
+        [group] = report.route(f"{name}.engine:quote").divergences
+        assert group.kind == "exception" and group.count == 10
+        with_traceback = [x for x in group.examples if "traceback" in x]
+        assert len(with_traceback) == len(group.examples) == 5  # the first examples only
+        text = with_traceback[0]["traceback"]["new"]
+        assert text.startswith("Traceback (most recent call last):")
+        assert "in helper" in text
+        assert f"ValueError: no rate in {name}.engine" in text  # the private prefix removed
+        assert "_dualrun_" not in text
+        assert len(text) <= 2000
+        for rendered in (
+            report.to_text(),
+            report.to_markdown(),
+            report.to_html(),
+            report.to_json(),
+        ):
+            assert "traceback of new" in rendered or '"traceback"' in rendered
+            assert "in helper" in rendered
