@@ -48,7 +48,9 @@ _NAMED = (
 
 @dataclass(frozen=True)
 class Difference:
-    """One place where the old and the new version disagree."""
+    """One place where the old and the new version disagree: the ``path`` in the value
+    (``$.items[3].price``), the ``kind`` of difference (one of ``KINDS``), and the ``old`` and
+    ``new`` values as short reprs (``<missing>`` where a version has no value at all)."""
 
     path: str
     kind: str
@@ -61,6 +63,7 @@ class Difference:
         return f"{generalize(self.path)} {self.kind}"
 
     def to_dict(self) -> dict[str, str]:
+        """The difference as JSON-ready data."""
         return dataclasses.asdict(self)
 
 

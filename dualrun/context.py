@@ -19,7 +19,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class RequestContext:
-    """What routing knows about the current request. Read-only for policies."""
+    """What routing knows about the current request. Read-only for policies.
+
+    ``key``: the request key (sticky bucketing). ``pin``: ``"old"``/``"new"`` or None.
+    ``attrs``: the free attributes given to ``dualrun.context``. ``decisions``: what was decided
+    for this request, once per dispatcher (internal).
+    """
 
     __slots__ = ("attrs", "decisions", "key", "pin")
 

@@ -8,7 +8,7 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import wrapt
 
@@ -101,12 +101,32 @@ def check_results_as(
     return "old" if results_as == "old" else "new"
 
 
+if TYPE_CHECKING:
+    Routed = wrapt.FunctionWrapper[Any, Any]
+else:  # not subscriptable at run time, where the API reference reads the annotation
+    Routed = wrapt.FunctionWrapper
+
+
 class Dispatcher:
     """Routes calls between the two versions of a :class:`~dualrun.VersionPair`.
 
     The policy decides per request (sticky inside a ``dualrun.context``) or per call outside
     any context; a pin in the context wins over the policy. ``dispatcher.policy = ...`` swaps
     the policy atomically while calls are in flight; requests already routed keep their version.
+
+    ``versions``: the :class:`~dualrun.VersionPair` that :func:`dualrun.load` returns.
+    ``policy``: which version serves (:class:`~dualrun.Fixed`, :class:`~dualrun.Canary`, or any
+    object with ``choose(request)``); ``Fixed("old")`` by default. ``shadow``: a
+    :class:`~dualrun.Shadow` to run the other version beside the primary and compare, or None.
+    ``log``: where events go: a path (JSON lines), an :class:`~dualrun.EventLog`, a structlog
+    logger, or None. ``migrate``: ``{("old", "new"): to_new, ("new", "old"): to_old}`` hooks that
+    convert a value made by one version before the other uses it. ``results_as``: ``"old"`` to
+    pass every result new serves through ``migrate[("new", "old")]``, so callers get the type
+    they expect. ``require_context``: make a routed call outside any ``dualrun.context`` a
+    :class:`~dualrun.ContextRequiredError` (they are counted in the report otherwise).
+    ``record``: a :class:`~dualrun.Recording` (or a path) that records calls for replay.
+    ``control``: the fleet's shared routing state (:class:`~dualrun.SQLiteControl`,
+    :class:`~dualrun.OpenFeatureControl`), or None.
     """
 
     def __init__(
@@ -195,6 +215,7 @@ class Dispatcher:
 
     @property
     def policy(self) -> Policy:
+        """The policy that decides which version serves; assign to swap it atomically."""
         return self._policy
 
     @policy.setter
@@ -214,6 +235,7 @@ class Dispatcher:
 
     @property
     def shadow(self) -> Shadow | None:
+        """The shadow configuration in force (None when nothing is shadowed); assign to change."""
         return None if self._shadow is None else self._shadow.config
 
     @shadow.setter
@@ -272,7 +294,8 @@ class Dispatcher:
         """Every call goes to the old version at once: requests already routed, and requests
         pinned to new too (a rolled-back version is not safe to serve) unless ``honor_pins``.
         Pins count again after :meth:`promote`, :meth:`swap_candidate` or
-        ``dispatcher.pins_honored = True``.
+        ``dispatcher.pins_honored = True``. With ``retire=True`` new is unloaded once its
+        in-flight calls finish, or after ``drain_timeout`` seconds.
 
         The new version stays loaded and is shadowed (as configured), so its divergences stay
         visible and :meth:`promote` stays possible; with ``retire=True`` it is unloaded once its
@@ -299,9 +322,9 @@ class Dispatcher:
 
     def retire(self, label: str | None = None, drain_timeout: float | None = 30.0) -> None:
         """Unload the version that no longer serves: old after :meth:`promote`, new after
-        :meth:`rollback` (or name it: ``"old"``/``"new"``). It goes once its in-flight calls
-        have finished, or after ``drain_timeout`` seconds (forced); calls routed to it
-        meanwhile go to the other version. Afterwards only :meth:`swap_candidate` loads
+        :meth:`rollback` (or name it with ``label``: ``"old"``/``"new"``). It goes once its
+        in-flight calls have finished, or after ``drain_timeout`` seconds (forced); calls
+        routed to it meanwhile go to the other version. Afterwards only :meth:`swap_candidate` loads
         another version to compare with."""
         drain_timeout = checks.wait_seconds(drain_timeout, "drain_timeout")
         with self._lifecycle:
@@ -338,7 +361,8 @@ class Dispatcher:
         self._epoch = object()
 
     def swap_candidate(self, source: str, drain_timeout: float | None = 30.0) -> None:
-        """Load ``source`` as the new candidate while traffic flows.
+        """Load ``source`` as the new candidate while traffic flows; the version it replaces
+        drains for at most ``drain_timeout`` seconds.
 
         If the load fails, or a routed target is missing in the candidate, the current versions
         keep serving untouched and the error is raised (and logged). Otherwise calls routed to
@@ -411,8 +435,9 @@ class Dispatcher:
 
     def kill(self, reason: str = "kill() called") -> None:
         """The kill switch: every call runs the old version from now on, whatever the policy or
-        pins say, and shadowing stops, until :meth:`revive`. Also set by the environment
-        variable ``DUALRUN_KILL_SWITCH=1`` when the dispatcher is made."""
+        pins say, and shadowing stops, until :meth:`revive`; ``reason`` is logged and shown.
+        Also set by the environment variable ``DUALRUN_KILL_SWITCH=1`` when the dispatcher is
+        made."""
         with self._lifecycle:
             if self._killed is not None:
                 return
@@ -582,7 +607,7 @@ class Dispatcher:
                     self._routes[target] = route
         return route
 
-    def route(self, target: str) -> wrapt.FunctionWrapper[Any, Any]:
+    def route(self, target: str) -> Routed:
         """A callable that routes each call of ``target`` (``"pkg.mod:Qual.name"``).
 
         It is a wrapt ``FunctionWrapper`` around the old version's target, so its signature,
@@ -594,7 +619,8 @@ class Dispatcher:
         return function_wrapper(route.found["old"].value, route.wrapper())
 
     def intercept(self, target: str, version_target: str | None = None) -> Interception:
-        """Route the calls the host makes into ``target`` (``"pkg.mod:Qual.name"``).
+        """Route the calls the host makes into ``target`` (``"pkg.mod:Qual.name"``); with a
+        ``version_target``, ``target`` is a host function replaced by a route to it.
 
         One argument, ``intercept("pricing.engine:quote")``: the host's installed
         ``pricing.engine.quote`` is patched, and so are the names other modules bound to the
@@ -632,6 +658,7 @@ class Dispatcher:
 
     @property
     def routes(self) -> dict[str, Route]:
+        """The routes made so far (by :meth:`route` and :meth:`intercept`), by target."""
         return dict(self._routes)
 
     def in_flight(self, label: Label) -> int:
@@ -735,4 +762,5 @@ class Dispatcher:
         )
 
     def policy_error_count(self) -> int:
+        """Calls served by old because the policy raised or answered something else."""
         return peek(self.policy_errors)

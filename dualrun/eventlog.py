@@ -121,7 +121,9 @@ class EventLog:
     ``redact`` maps each event's fields before they are written (values are already short,
     truncated reprs; the request key is written as given unless ``redact`` hashes or drops it).
     ``summary_interval``: seconds between summaries. ``match_sample``: percent of matching
-    comparisons also written as ``dualrun.match`` events (0 by default).
+    comparisons also written as ``dualrun.match`` events (0 by default). ``target``: a path of
+    a JSON-lines file, or a structlog logger. ``queue_size``: events waiting for the writer
+    thread; beyond it events are dropped and counted, never waited for.
     """
 
     def __init__(
@@ -198,6 +200,7 @@ class EventLog:
         return True
 
     def dropped_count(self) -> int:
+        """Events dropped so far because the queue was full."""
         return peek(self.dropped)
 
     # -- the writer thread --------------------------------------------------------------------

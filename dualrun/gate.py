@@ -48,7 +48,9 @@ class Check:
 
 @dataclass(frozen=True)
 class Decision:
-    """What the gate decided, and why."""
+    """What the gate decided, and why: the ``verdict`` (``"promote"``, ``"hold"`` or
+    ``"rollback"``), the ``checks`` with the numbers behind each, the ``comparisons`` judged,
+    and the ``routes`` they came from."""
 
     verdict: Verdict
     checks: tuple[Check, ...]
@@ -62,6 +64,7 @@ class Decision:
         return failing or [c.detail for c in self.checks]
 
     def to_dict(self) -> dict[str, Any]:
+        """The decision as JSON-ready data."""
         return asdict(self)
 
     def __str__(self) -> str:

@@ -133,6 +133,9 @@ def function_wrapper(wrapped: Any, wrapper: Any) -> wrapt.FunctionWrapper[Any, A
 class Interception:
     """A patched host entry point; ``undo()`` puts the original back exactly.
 
+    Made by :meth:`dualrun.Dispatcher.intercept` (``host_target``: the patched
+    ``"module:qualname"``; ``make_wrapper``: makes the wrapt wrapper; ``target``: the callable
+    that serves, for the signature check; ``aliases``: patch other bindings of the function too).
     ``applied``: the host attribute is patched now. ``pending``: waiting for the host module's
     import. ``error``: why the post-import hook could not patch. ``aliases``: the other
     ``"module:name"`` bindings of the same function that were patched too.

@@ -267,7 +267,12 @@ def _version_builtins(
 
 
 class Version:
-    """One version of the code, loaded under a private prefix."""
+    """One version of the code, loaded under a private prefix.
+
+    Made by :func:`dualrun.load`: ``label`` (``"old"``/``"new"``), ``source`` (as given),
+    ``root`` (the directory its code is imported from), ``name`` (the package or module), and
+    ``tops`` (the top-level names that belong to it).
+    """
 
     def __init__(
         self, label: Label, source: str, root: Path, name: str, tops: tuple[str, ...]
@@ -296,6 +301,7 @@ class Version:
 
     @property
     def loaded(self) -> bool:
+        """False once :meth:`unload` ran (or a retirement unloaded it)."""
         return self._loaded
 
     def _install(self) -> None:
@@ -357,7 +363,7 @@ class Version:
             self.import_module(name)
 
     def resolve(self, target: str) -> Any:
-        """The object at ``"pkg.sub:Qual.name"`` in this version."""
+        """The object at ``target`` (``"pkg.sub:Qual.name"``) in this version."""
         module_name, qualname = parse_target(target)
         describe = f"target {target!r} does not exist in the {self.label!r} version"
         return walk(self.import_module(module_name), qualname, describe)[1]
@@ -627,7 +633,8 @@ def load_version(
     packages: Iterable[str] | None = None,
     preload: Preload = False,
 ) -> Version:
-    """Load one version of ``name`` from ``source`` (or ``INSTALLED``); see :func:`load`."""
+    """Load one version of ``name`` from ``source`` (or ``INSTALLED``) under ``label``
+    (``"old"``/``"new"``); ``packages`` and ``preload`` as for :func:`load`."""
     if label not in LABELS:
         raise ValueError(f"a version label is 'old' or 'new', got {label!r}")
     name = _check_name(name)

@@ -41,7 +41,7 @@ def stable_bucket(key: object, salt: str = "") -> float:
 
 
 class Fixed:
-    """Every call goes to one version."""
+    """Every call goes to one version: ``label`` is ``"old"`` or ``"new"``."""
 
     __slots__ = ("label",)
 
@@ -49,6 +49,7 @@ class Fixed:
         self.label: Label = check_label(label, "Fixed(label): the label")
 
     def choose(self, request: RequestContext) -> Label:
+        """Always this policy's label, whatever the ``request``."""
         return self.label
 
     def __repr__(self) -> str:
@@ -83,6 +84,8 @@ class Canary:
         self.salt = salt or ""
 
     def choose(self, request: RequestContext) -> Label:
+        """The version for ``request``: ``"new"`` when its key's stable bucket is below the
+        percent (random per call without a key)."""
         key = request.key if self.key is None else self.key(request)
         if key is None:
             return "new" if random.random() * 100.0 < self.percent else "old"

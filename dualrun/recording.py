@@ -77,6 +77,9 @@ class Recording:
     ``secret_fields``: names whose values are replaced by ``"<redacted>"`` wherever they appear
     as a dict key or field name (substring, any case). ``redact(path, value) -> value`` is then
     called for every leaf (``path`` such as ``$args[0].email``, ``$key``, ``$error``).
+    ``max_bytes``: size at which a file rotates; ``backups``: older files kept (0: stop
+    recording when full). ``queue_size``: records waiting for the writer thread (beyond it they
+    are dropped and counted).
     """
 
     def __init__(

@@ -143,7 +143,17 @@ def route_report(
 
 @dataclass
 class Report:
-    """Per-route counts, comparisons, latencies and divergences."""
+    """Per-route counts, comparisons, latencies and divergences.
+
+    ``policy``: the policy's repr. ``routes``: one :class:`RouteReport` per route.
+    ``policy_errors``, ``last_policy_error``: calls served by old because the policy failed,
+    and the last failure. ``dropped_events``: event-log lines lost to a full queue.
+    ``pending_interceptions``: ``intercept()`` targets whose host module is not imported yet.
+    Read from logs with bounded memory: ``omitted_routes`` (``omitted_routes_at_least``: a lower
+    bound), ``omitted_calls`` and ``omitted_comparisons`` are what lies beyond ``max_routes``;
+    ``uncounted_divergences``: divergence lines that could not be held until a summary covered
+    them.
+    """
 
     policy: str
     routes: list[RouteReport] = field(default_factory=list)
@@ -162,6 +172,7 @@ class Report:
     pending_interceptions: list[str] = field(default_factory=list)
 
     def route(self, name: str) -> RouteReport:
+        """The report of the route ``name`` (``"pkg.mod:qualname"``); KeyError if absent."""
         for route in self.routes:
             if route.route == name:
                 return route
@@ -170,6 +181,7 @@ class Report:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (``"schema": 1``)."""
         return {"schema": SCHEMA_VERSION, **asdict(self)}
 
     def to_json(self, top: int | None = None) -> str:
@@ -188,13 +200,14 @@ class Report:
         return render_text(self, top)
 
     def to_markdown(self, top: int | None = None) -> str:
-        """Markdown that pastes into a pull request."""
+        """Markdown that pastes into a pull request; ``top`` limits the divergences per route."""
         from dualrun.render import render_markdown
 
         return render_markdown(self, top)
 
     def to_html(self, top: int | None = None) -> str:
-        """One self-contained page (no network, no CDN) with charts per route."""
+        """One self-contained page (no network, no CDN) with charts per route; ``top`` limits
+        the divergences listed per route."""
         from dualrun.html import render_html
 
         return render_html(self, top)

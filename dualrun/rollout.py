@@ -46,7 +46,8 @@ class StepRecord:
 
 @dataclass(frozen=True)
 class RolloutStatus:
-    """Where the rollout stands."""
+    """Where the rollout stands: its ``state``, the ``step`` (an index into ``steps``) and its
+    ``percent``, the ``decisions`` taken so far, and the ``reason`` it ended, once it has."""
 
     state: State
     step: int  # index into steps
@@ -57,9 +58,11 @@ class RolloutStatus:
 
     @property
     def last(self) -> StepRecord | None:
+        """The latest decision, if any."""
         return self.decisions[-1] if self.decisions else None
 
     def to_dict(self) -> dict[str, Any]:
+        """The status as JSON-ready data."""
         return asdict(self)
 
     def line(self) -> str:
@@ -173,6 +176,7 @@ class Rollout:
                 self._set(state="paused")
 
     def resume(self) -> None:
+        """Resume a paused rollout: evaluations start again at the next interval."""
         with self._lock:
             if self._status.state == "paused":
                 self._set(state="running")
@@ -193,6 +197,7 @@ class Rollout:
                 self._finish("aborted", "aborted by the user")
 
     def status(self) -> RolloutStatus:
+        """Where the rollout stands now; ``status().line()`` is the one-line form."""
         return self._status
 
     # -- the steps ---------------------------------------------------------------------------

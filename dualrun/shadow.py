@@ -91,6 +91,11 @@ class Shadow:
     time (a system call per read); by default only where runs are not paired in the caller's
     thread (background, or a ``timeout``), as there the gate compares CPU time; inline, wall
     times are comparable and CPU time is recorded as not measured (-1) unless ``True``.
+    ``tolerance``: relative difference under which two floats are equal. ``exception_key``:
+    maps an exception to what makes two of them equal (default: qualified type and message).
+    ``workers``, ``queue_size``: the background pool's threads and queue (a full queue drops
+    the shadow run and counts it). ``calibrate_calls``: the first shadowed calls of each route
+    that calibrate; ``calibrate_sample``: the percent of later ones that do.
     """
 
     def __init__(

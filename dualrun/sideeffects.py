@@ -86,7 +86,9 @@ class SideEffect:
         returns: Any = None,
         fake: Callable[..., Any] | None = None,
     ) -> F | Callable[[F], F]:
-        """Guard ``func``. In a shadow run it returns ``returns`` (or ``fake(*args, **kw)``)."""
+        """Guard ``func``. In a shadow run it returns ``returns`` (or ``fake(*args, **kw)``)
+        instead of running; ``name`` labels its calls in reports (default: its qualified
+        name)."""
         _check(returns, fake)
         if func is None:
             return lambda f: self._guard(f, name, returns, fake)

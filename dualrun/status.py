@@ -12,7 +12,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class LoadedVersion:
-    """One version the dispatcher holds."""
+    """One version the dispatcher holds: its ``label``, ``source``, private ``namespace``,
+    whether it is ``loaded``, and whether it is ``retiring`` (draining, to be unloaded)."""
 
     label: str  # "old" or "new"
     source: str  # where it was loaded from

@@ -33,7 +33,8 @@ class FlagError(RuntimeError):
 class OpenFeatureControl:
     """The state from the object flag ``flag_key`` of an OpenFeature ``client``.
 
-    ``store``: optionally a :class:`~dualrun.SQLiteControl` on the same host where the processes
+    ``poll_interval``: seconds between reads of the flag. ``store``: optionally a
+    :class:`~dualrun.SQLiteControl` on the same host where the processes
     also report what they applied and publish their evidence (OpenFeature itself has no place
     for either).
     """
@@ -93,7 +94,8 @@ class OpenFeatureControl:
             raise
 
     def attach(self, dispatcher: Dispatcher) -> Agent:
-        """Called by ``Dispatcher(..., control=this)``: the agent polls the flag, and is woken
+        """Called by ``Dispatcher(..., control=this)``: the agent of that ``dispatcher`` polls
+        the flag, and is woken
         by the provider's configuration-changed events."""
         from openfeature.event import ProviderEvent
 

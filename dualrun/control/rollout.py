@@ -39,8 +39,11 @@ class LeaseLost(RuntimeError):
 
 class FleetRollout:
     """Steps the fleet's canary through ``steps`` under ``gate``, from the merged evidence of
-    every process. ``interval``: seconds of evidence per evaluation. ``on_decision``: called with
-    each decision record (a dict), e.g. to print it."""
+    every process. ``control``: the fleet's :class:`~dualrun.SQLiteControl`. ``interval``:
+    seconds of evidence per evaluation. ``name``: the rollout's name in the store.
+    ``lease_seconds``: how long a driver's lease lasts; one driver steps the fleet at a time and
+    a standby takes over when the lease runs out. ``on_decision``: called with each decision
+    record (a dict), e.g. to print it."""
 
     def __init__(
         self,
@@ -96,7 +99,8 @@ class FleetRollout:
         return self
 
     def stop(self, timeout: float | None = 5.0) -> None:
-        """Stop taking part (a driver's lease then expires and a standby takes over)."""
+        """Stop taking part, waiting up to ``timeout`` seconds for the thread (a driver's lease
+        then expires and a standby takes over)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)

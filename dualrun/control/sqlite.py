@@ -362,6 +362,7 @@ class SQLiteControl:
     # The operator's verbs (the CLI's subcommands).
 
     def promote(self) -> ControlState:
+        """Every process serves new."""
         return self.change("promote", mode="promoted")
 
     def rollback(self) -> ControlState:
@@ -369,9 +370,12 @@ class SQLiteControl:
         return self.change("rollback", mode="rolled back", pins=False)
 
     def kill(self, reason: str = "kill switch set through the control store") -> ControlState:
+        """The kill switch in every process: old serves, whatever else says; ``reason`` is
+        shown and logged."""
         return self.change(f"kill: {reason}", killed=reason)
 
     def revive(self) -> ControlState:
+        """Turn the fleet's kill switch off."""
         return self.change("revive", killed=None)
 
     def set_percent(self, percent: float, salt: str | None = None) -> ControlState:
@@ -383,15 +387,19 @@ class SQLiteControl:
         return self.change(f"percent {percent:g}", **fields)
 
     def set_fixed(self, label: str) -> ControlState:
+        """Every process serves the version ``label`` (``"old"`` or ``"new"``)."""
         return self.change(f"fixed {label}", mode="fixed", label=label)
 
     def pause(self) -> ControlState:
+        """Pause the fleet's rollout where it stands."""
         return self.change("pause", paused=True)
 
     def resume(self) -> ControlState:
+        """Resume a paused rollout."""
         return self.change("resume", paused=False)
 
     def set_pins(self, honoured: bool) -> ControlState:
+        """Whether pinned requests choose their version (``honoured``) in every process."""
         return self.change("pins " + ("on" if honoured else "off"), pins=bool(honoured))
 
     def swap(self, source: str) -> ControlState:
@@ -413,8 +421,9 @@ class SQLiteControl:
         evidence: Iterable[tuple[int, int, dict[str, Any]]] = (),
         prune: bool = False,
     ) -> None:
-        """A process's heartbeat (what it applied) and its evidence since its last report, as
-        ``(generation, state_version, routes)`` rows, in one transaction."""
+        """A ``process``'s heartbeat (what it applied) and its ``evidence`` since its last
+        report, as ``(generation, state_version, routes)`` rows, in one transaction; ``prune``
+        also removes reports of processes gone for long."""
         now = time.time()
 
         def work(db: sqlite3.Connection) -> None:
@@ -439,7 +448,8 @@ class SQLiteControl:
         self._write(work)
 
     def forget(self, process_id: str) -> None:
-        """A process that stops cleanly leaves the fleet (it is not waited for)."""
+        """The process ``process_id``, which stopped cleanly, leaves the fleet (it is not waited
+        for)."""
         self._write(lambda db: db.execute("DELETE FROM processes WHERE id = ?", (process_id,)))
 
     def status(self) -> FleetStatus:
@@ -471,8 +481,8 @@ class SQLiteControl:
         )
 
     def wait(self, timeout: float = 30.0, version: int | None = None) -> FleetStatus:
-        """Wait until every live process has applied ``version`` (default: the current one);
-        returns the last status (check ``.acknowledged``)."""
+        """Wait up to ``timeout`` seconds until every live process has applied ``version``
+        (default: the current one); returns the last status (check ``.acknowledged``)."""
         deadline = time.monotonic() + timeout
         while True:
             status = self.status()
@@ -511,7 +521,8 @@ class SQLiteControl:
     # -- the processes' side -----------------------------------------------------------------
 
     def attach(self, dispatcher: Dispatcher) -> Agent:
-        """Called by ``Dispatcher(..., control=this)``: start the process's background agent."""
+        """Called by ``Dispatcher(..., control=this)``: start the background agent of this
+        process's ``dispatcher``."""
         from dualrun.control.agent import Agent
 
         return Agent(dispatcher, self, store=self)
