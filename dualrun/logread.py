@@ -35,6 +35,8 @@ Problem = Callable[[str], None]
 FAST_JSON_VARIABLE = "DUALRUN_FAST_JSON"
 MAX_ROUTES = 1000  # routes a report holds; the others are counted, not kept
 MAX_PENDING_BYTES = 64 << 20  # divergence lines waiting for a summary of their run
+MAX_LINE_BYTES = 32 << 20  # a longer line is skipped unread (dualrun writes far shorter ones)
+_TOO_LONG = b"<too long>"  # stands for such a line (compared by identity)
 _COUNTED_ROUTES = 100_000  # distinct routes beyond MAX_ROUTES counted exactly up to this many
 
 try:
@@ -261,6 +263,19 @@ def parse_time(text: str) -> float:
     return moment.timestamp()
 
 
+def _lines(handle: BinaryIO, limit: int) -> Iterator[bytes]:
+    """The lines of a file, none longer than ``limit`` bytes held: a longer one is read past
+    in pieces and stands as ``_TOO_LONG``."""
+    readline = handle.readline
+    while line := readline(limit + 1):
+        if len(line) > limit and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):
+                line = readline(1 << 20)
+            yield _TOO_LONG
+        else:
+            yield line
+
+
 def _files(paths: Iterable[str], problem: Problem) -> Iterator[tuple[str, BinaryIO]]:
     """(path, open file) for every path that can be read; the others are named."""
     for path in paths:
@@ -287,8 +302,10 @@ class LogReader:
         fast: bool | None = None,
         max_routes: int = MAX_ROUTES,
         max_pending_bytes: int = MAX_PENDING_BYTES,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         self._problem = problem
+        self._max_line = max_line_bytes
         self.totals = LogTotals(max_routes=max_routes)
         self._runs: dict[str, _Run] = {}
         self._held = 0  # bytes of the divergence lines waiting for a summary
@@ -317,9 +334,15 @@ class LogReader:
         for path, handle in _files(paths, problem):
             with handle:
                 number = 0
-                for number, raw in enumerate(handle, start=1):
+                for number, raw in enumerate(_lines(handle, self._max_line), start=1):
                     # The usual line, a divergence, is only kept raw: a later summary may cover
                     # it. This is the loop every byte of a log goes through.
+                    if raw is _TOO_LONG:
+                        problem(
+                            f"{path}:{number}: line longer than {self._max_line:,} bytes; "
+                            "skipped unread"
+                        )
+                        continue
                     if head is not None:
                         h = head(raw)
                         if h is not None:

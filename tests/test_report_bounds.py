@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from test_report_fuzz import DIVERGENCE, SUMMARY, report_cli
 
-from dualrun.logread import report_from_logs
+from dualrun.logread import LogReader, report_from_logs
 
 ROUTES = 100_000
 
@@ -139,3 +139,32 @@ def test_both_decoders_hold_the_same_bound(tmp_path: Path, fast: bool) -> None:
     log.write_text("".join(lines))
     report, _ = report_from_logs([str(log)], lambda _: None, fast=fast, max_pending_bytes=200_000)
     assert report.uncounted_divergences == 3_000 - fitting(lines, 200_000)
+
+
+def test_a_line_longer_than_the_bound_is_skipped_unread(tmp_path: Path) -> None:
+    huge = {**SUMMARY, "policy": "x" * (33 << 20)}  # over the 32 MiB a line may have
+    log = tmp_path / "huge.jsonl"
+    with log.open("w") as out:
+        out.write(json.dumps(DIVERGENCE) + "\n" + json.dumps(huge) + "\n")
+        out.write(json.dumps(SUMMARY) + "\n")
+    code, out, err = report_cli(str(log), "--format", "json")
+    assert code == 1
+    assert err == f"dualrun report: {log}:2: line longer than 33,554,432 bytes; skipped unread\n"
+    assert json.loads(out)["routes"][0]["comparisons"] == 2  # both other lines count
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_the_line_bound_holds_for_both_decoders_and_counts_lines(
+    tmp_path: Path, fast: bool
+) -> None:
+    log = tmp_path / "long.jsonl"
+    long_line = json.dumps({**DIVERGENCE, "key": "k" * 5000})
+    log.write_text(f"{long_line}\n{json.dumps(DIVERGENCE)}\n{long_line}")  # (no final newline)
+    problems: list[str] = []
+    reader = LogReader(problems.append, fast=fast, max_line_bytes=4000)
+    totals = reader.read([str(log)])
+    assert problems == [
+        f"{log}:1: line longer than 4,000 bytes; skipped unread",
+        f"{log}:3: line longer than 4,000 bytes; skipped unread",
+    ]
+    assert totals.report().route("svc.a:quote").comparisons == 1
