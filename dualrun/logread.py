@@ -145,15 +145,10 @@ class _Run:
     covered: int = 0
     pending: list[_Pending] = field(default_factory=list)
     seqs: list[int] = field(default_factory=list)  # the pending seqs, ascending while ordered
+    sizes: list[int] = field(default_factory=list)  # the pending lines' bytes
     ordered: bool = True
     overflow: int = 0  # divergences not held: too many bytes were waiting already
     overflow_seq: int = 0  # the highest seq among them (a summary covering it covers them all)
-
-    def add(self, pending: _Pending) -> None:
-        if self.seqs and pending.seq < self.seqs[-1]:
-            self.ordered = False
-        self.pending.append(pending)
-        self.seqs.append(pending.seq)
 
     def cover(self, seq: int) -> int:
         """Forget the divergences up to ``seq``; return how many bytes they held."""
@@ -162,22 +157,20 @@ class _Run:
         self.covered = seq
         if self.ordered:  # one file of one run: its divergences come in order
             cut = bisect.bisect_right(self.seqs, seq)
-            freed = sum(map(_size, self.pending[:cut]))
-            del self.pending[:cut], self.seqs[:cut]
+            freed = sum(self.sizes[:cut])
+            del self.pending[:cut], self.seqs[:cut], self.sizes[:cut]
             return freed
-        before = sum(map(_size, self.pending))
-        self.pending = [p for p in self.pending if p.seq > seq]
+        before = sum(self.sizes)
+        kept = [(p, n) for p, n in zip(self.pending, self.sizes, strict=True) if p.seq > seq]
+        self.pending = [p for p, _ in kept]
+        self.sizes = [n for _, n in kept]
         self.seqs = [p.seq for p in self.pending]
         self.ordered = self.seqs == sorted(self.seqs)
-        return before - sum(map(_size, self.pending))
+        return before - sum(self.sizes)
 
     def uncounted(self) -> int:
         """Divergences not held that no summary of the run covers: up to this many lost."""
         return self.overflow if self.overflow_seq > self.covered else 0
-
-
-def _size(pending: _Pending) -> int:
-    return len(pending.data) if isinstance(pending.data, bytes) else 1024
 
 
 @dataclass
@@ -392,13 +385,20 @@ class LogReader:
 
     def _hold(self, run: _Run, pending: _Pending) -> None:
         """Keep a divergence until a summary of its run covers it, if there is room."""
-        size = _size(pending)
+        data = pending.data
+        size = len(data) if type(data) is bytes else 1024  # an event given, not read: about
         if self._held + size > self._max_pending:
             run.overflow += 1
             run.overflow_seq = max(run.overflow_seq, pending.seq)
             return
         self._held += size
-        run.add(pending)
+        # run.add(pending, size), inlined: once per divergence line
+        seqs = run.seqs
+        if seqs and pending.seq < seqs[-1]:
+            run.ordered = False
+        run.pending.append(pending)
+        seqs.append(pending.seq)
+        run.sizes.append(size)
 
     def _event(self, path: str, number: int, raw: bytes, problem: Problem) -> dict[str, Any] | None:
         """The event on a line, or None once the problem with it is reported."""
