@@ -89,13 +89,73 @@ def generalize(path: str) -> str:
 def _full_repr(value: object) -> tuple[str, bool]:
     """The one-line repr of ``value`` with prefixes removed, and whether its repr worked."""
     try:
-        text = repr(value)
+        text = bounded_repr(value)
     except BaseException as exc:  # a broken __repr__ (even a SystemExit) must not break one
         return f"<{type_name(value)} with a failing repr: {type(exc).__name__}>", False
     text = strip_versions(text)
     if "\n" in text or "\r" in text:  # a multi-line repr would break report tables
         text = text.replace("\r", "\\r").replace("\n", "\\n")
     return text, True
+
+
+REPR_BUDGET = 8192  # characters of a repr worth making: reports show at most a window of it
+_SEQUENCES: dict[type, tuple[str, str]] = {
+    list: ("[", "]"),
+    tuple: ("(", ")"),
+    set: ("{", "}"),
+    frozenset: ("frozenset({", "})"),
+}
+
+
+def bounded_repr(value: object, budget: int = REPR_BUDGET) -> str:
+    """``repr(value)``, but built containers (list, tuple, set, frozenset, dict) and long
+    strings stop at about ``budget`` characters, ending in ``…``: a 5-million-item value costs
+    what its first few thousand characters cost. Other objects' own ``__repr__`` runs as is."""
+    parts: list[str] = []
+    left = budget
+    active: set[int] = set()  # containers being printed: a cycle shows as ``[...]``
+
+    def emit(text: str) -> None:
+        nonlocal left
+        parts.append(text)
+        left -= len(text)
+
+    def walk(item: Any) -> None:
+        kind = type(item)
+        if kind in _SEQUENCES or kind is dict:
+            if not item:
+                emit(repr(item))
+                return
+            if id(item) in active:
+                emit("{...}" if kind is dict else "[...]")
+                return
+            active.add(id(item))
+            opening, closing = ("{", "}") if kind is dict else _SEQUENCES[kind]
+            emit(opening)
+            pairs = item.items() if kind is dict else item
+            for i, element in enumerate(pairs):
+                if i:
+                    emit(", ")
+                if left <= 0:
+                    emit("…")
+                    break
+                if kind is dict:
+                    walk(element[0])
+                    emit(": ")
+                    walk(element[1])
+                else:
+                    walk(element)
+            if kind is tuple and len(item) == 1:
+                emit(",")
+            emit(closing)
+            active.discard(id(item))
+        elif kind in (str, bytes) and len(item) > left:
+            emit(repr(item[: max(left, 0)]) + "…")
+        else:
+            emit(repr(item))
+
+    walk(value)
+    return "".join(parts)
 
 
 def _cut(text: str, limit: int) -> str:

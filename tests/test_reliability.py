@@ -838,3 +838,44 @@ def test_calls_before_a_swap_that_precedes_the_first_summary_are_in_the_log(
     swap = next(i for i, e in enumerate(events) if e["event"] == "dualrun.swap")
     assert _summed_calls(events[:swap], bench.target) == {"old": 0, "new": 30}
     assert _summed_calls(events[swap:], bench.target) == {"old": 0, "new": 10}
+
+
+# -- 20. reprs for reports are bounded ----------------------------------------------------------
+
+COUNTED = """
+class Counted:
+    reprs = 0
+
+    def __repr__(self):
+        Counted.reprs += 1
+        return "C"
+
+
+BIG = [Counted() for _ in range(200_000)]
+"""
+
+
+@pytest.mark.parametrize("shape", ["list", "nested"])
+def test_a_huge_shadow_value_is_printed_only_as_far_as_a_report_shows(lab: Lab, shape: str) -> None:
+    value = "BIG" if shape == "list" else "{'items': (BIG, [BIG]), 'n': len(BIG)}"
+    versions = lab.pair("def f():\n    return []\n", f"def f():\n    return {value}\n", COUNTED)
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow(copy=None))
+    f = d.route(lab.target("f"))
+    assert f() == []
+    report = route_report(d, lab.target("f"))
+    assert report.mismatches == 1
+    counted = lab.engine(versions, "new").Counted
+    assert 0 < counted.reprs < 20_000, counted.reprs  # not 200,000 (or 600,000)
+
+
+def test_bounded_repr_is_repr_for_small_values_and_cut_for_big_ones() -> None:
+    from dualrun.compare import bounded_repr
+
+    cycle: list[Any] = [1]
+    cycle.append(cycle)
+    small = [[], (), {}, set(), frozenset(), (1,), {"a": [1, (2,)], 3: {4}}, "x", b"y", cycle]
+    for value in small:
+        assert bounded_repr(value) == repr(value)
+    big = bounded_repr(list(range(10**6)), budget=1000)
+    assert big.startswith("[0, 1, 2") and big.endswith("…]") and len(big) < 1100
+    assert bounded_repr("z" * 10**6, budget=100) == repr("z" * 100) + "…"
