@@ -413,6 +413,7 @@ class Dispatcher:
                     candidate.source,
                     f"executing the version's code raised {type(exc).__name__}: {exc}",
                 ) from exc
+            previous: dict[str, str] = {v.label: v.source for v in self.versions}
             self.history.append({"candidate": current.source, "report": self.report().to_dict()})
             if promoted:
                 if self._retired_label is None:  # promote(retire=False): old is still loaded
@@ -430,7 +431,7 @@ class Dispatcher:
             self._promoted = False
             self._pins_honored = True
             self._epoch = object()
-            self._restart_statistics()
+            self._restart_statistics(previous)
             self._event("dualrun.swap", previous=current.source, candidate=candidate.source)
 
     def kill(self, reason: str = "kill() called") -> None:
@@ -525,8 +526,9 @@ class Dispatcher:
                 self._retiring.remove(retirement)
         self._event("dualrun.retire", **asdict(record))
 
-    def _restart_statistics(self) -> None:
-        """A new candidate: fresh statistics, and shadowing as configured (learnt anew)."""
+    def _restart_statistics(self, previous: dict[str, str] | None = None) -> None:
+        """A new candidate: fresh statistics, and shadowing as configured (learnt anew);
+        ``previous``: the sources of the versions whose statistics end here."""
         config = self.shadow or self._parked_shadow
         self._parked_shadow = None
         if config is not None:
@@ -534,7 +536,7 @@ class Dispatcher:
         for route in self._routes.values():
             route.restart_counts()
         if self.journal is not None:
-            self.journal.restart()
+            self.journal.restart(previous)
         else:
             self.recorder.reset()
 
@@ -751,6 +753,7 @@ class Dispatcher:
             )
             if route is not None:
                 report.in_flight = {label: route.in_flight(label) for label in ("old", "new")}
+            report.sources = {v.label: v.source for v in self.versions}
             reports.append(report)
         return Report(
             policy=repr(self.policy),

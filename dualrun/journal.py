@@ -80,7 +80,7 @@ class Journal:
         with self._summary_lock, self._dispatcher.recorder.locked():
             self._summarize_locked(force)
 
-    def _summarize_locked(self, force: bool) -> None:
+    def _summarize_locked(self, force: bool, sources: dict[str, str] | None = None) -> None:
         # Everything is read under the recorder's lock, so the summary agrees with the events
         # around it; the baselines move on only once the summary is in the queue.
         dispatcher = self._dispatcher
@@ -122,6 +122,8 @@ class Journal:
             dropped_events=dropped - self._last_dropped,
             policy_errors=policy_errors - self._last_policy_errors,
             last_policy_error=dispatcher.last_policy_error,
+            # whose numbers these are: a report from logs shows each candidate apart
+            sources=sources or {v.label: v.source for v in dispatcher.versions},
         )
         if written:  # a summary the queue refused is taken again, whole, next time
             self._since = now
@@ -142,12 +144,12 @@ class Journal:
         self._last_policy_errors = 0
         self._since = time.time()
 
-    def restart(self) -> None:
-        """Statistics start anew (a swapped candidate): a last summary of the previous one,
-        then forget them and rebase the summaries."""
+    def restart(self, previous: dict[str, str] | None = None) -> None:
+        """Statistics start anew (a swapped candidate): a last summary of the previous one
+        (labelled with the ``previous`` versions' sources), then forget them and rebase."""
         dispatcher = self._dispatcher
         with self._summary_lock, dispatcher.recorder.locked():
-            self._summarize_locked(force=True)
+            self._summarize_locked(force=True, sources=previous)
             dispatcher.recorder.reset_unlocked()
             self._last = {}
 

@@ -212,20 +212,22 @@ class LogTotals:
         return self.aggregates[route]
 
     def report(self) -> Report:
-        names = sorted(set(self.aggregates) | set(self.calls))
+        routes = []
+        for name in sorted(set(self.aggregates) | set(self.calls)):
+            route, sources = split_key(name)
+            report = route_report(
+                route,
+                self.calls.get(name, {"old": 0, "new": 0}),
+                self.crossings.get(name, 0),
+                self.aggregates.get(name),
+                outside_context=self.outside_context.get(name, 0),
+                results_converted=self.results_converted.get(name, 0),
+            )
+            report.sources = sources
+            routes.append(report)
         return Report(
             policy=self.policy,
-            routes=[
-                route_report(
-                    name,
-                    self.calls.get(name, {"old": 0, "new": 0}),
-                    self.crossings.get(name, 0),
-                    self.aggregates.get(name),
-                    outside_context=self.outside_context.get(name, 0),
-                    results_converted=self.results_converted.get(name, 0),
-                )
-                for name in names
-            ],
+            routes=routes,
             dropped_events=self.dropped_events,
             policy_errors=self.policy_errors,
             last_policy_error=self.last_policy_error,
@@ -439,8 +441,9 @@ class LogReader:
             )
             return
         if self._wanted(obs.route) and self._inside(obs.time):
-            if self.totals.admit(obs.route):
-                self.totals.aggregate(obs.route).add(obs)
+            key = route_key(obs.route, event.get("sources"))
+            if self.totals.admit(key):
+                self.totals.aggregate(key).add(obs)
             elif obs.status != "timeout":
                 self.totals.omitted_comparisons += 1
 
@@ -475,6 +478,7 @@ class LogReader:
         routes = event["routes"]
         if not isinstance(routes, dict):
             raise ValueError("routes is an object")
+        sources = event.get("sources")
         parsed: list[tuple[str, dict[str, int] | None, int, int, int, RouteAggregate | None]] = []
         for name, entry in routes.items() if inside else ():
             if not self._wanted(name):
@@ -493,7 +497,9 @@ class LogReader:
             crossings = _whole(entry.get("crossings", 0), "crossings")
             outside = _whole(entry.get("outside_context", 0), "outside_context")
             converted = _whole(entry.get("results_converted", 0), "results_converted")
-            parsed.append((name, calls, crossings, outside, converted, aggregate))
+            parsed.append(
+                (route_key(name, sources), calls, crossings, outside, converted, aggregate)
+            )
         self._held -= self._runs.setdefault(run, _Run()).cover(seq)
         self.totals.policy = policy
         self.totals.dropped_events += dropped
@@ -519,6 +525,24 @@ class LogReader:
                     converted_totals[name] = converted_totals.get(name, 0) + converted
             if aggregate is not None:
                 self.totals.aggregate(name).merge(aggregate)
+
+
+_KEY_SEPARATOR = "\x1f"  # never in a target (identifiers, dots and a colon)
+
+
+def route_key(route: str, sources: object) -> str:
+    """Where a route's numbers add up: one place per pair of version sources, so that the
+    candidates a swap replaced are reported apart (logs without sources: one place)."""
+    if not isinstance(sources, dict) or not sources:
+        return route
+    labelled = {str(k): str(v) for k, v in sources.items() if k in ("old", "new")}
+    return route + _KEY_SEPARATOR + json.dumps(labelled, sort_keys=True)
+
+
+def split_key(key: str) -> tuple[str, dict[str, str]]:
+    """The route and the sources of a :func:`route_key`."""
+    route, _, sources = key.partition(_KEY_SEPARATOR)
+    return route, (json.loads(sources) if sources else {})
 
 
 def _whole(value: object, what: str) -> int:

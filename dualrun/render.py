@@ -69,6 +69,13 @@ def _summary(route: RouteReport) -> list[tuple[str, str]]:
     total = route.calls["old"] + route.calls["new"]
     new_share = f" ({percent(route.calls['new'] / total)} new)" if total else ""
     rows = [("calls", f"old {route.calls['old']:,}  new {route.calls['new']:,}{new_share}")]
+    if route.sources:
+        versions = "  ".join(
+            f"{label} {printable(route.sources[label])}"
+            for label in ("old", "new")
+            if label in route.sources
+        )
+        rows.insert(0, ("versions", versions))
     if route.crossings:
         rows.append(
             ("crossings", f"{route.crossings:,} method calls ran in their object's version")

@@ -46,6 +46,9 @@ class RouteReport:
     """One route's numbers."""
 
     route: str
+    # the versions' sources these numbers are about ({"old": ..., "new": ...}; empty if unknown):
+    # after a swap, a report from logs has one RouteReport per candidate
+    sources: dict[str, str] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=lambda: {"old": 0, "new": 0})
     in_flight: dict[str, int] = field(default_factory=lambda: {"old": 0, "new": 0})
     crossings: int = 0  # method calls that ran in their object's version, not the chosen one

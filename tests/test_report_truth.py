@@ -120,3 +120,34 @@ def test_a_shadow_exception_keeps_a_bounded_traceback_in_every_format(
         ):
             assert "traceback of new" in rendered or '"traceback"' in rendered
             assert "in helper" in rendered
+
+
+def test_after_a_swap_the_report_from_logs_shows_each_candidate_apart(
+    tmp_path: Path,
+) -> None:
+    from lifecycle_helpers import ENGINE, Bench, shadow
+
+    bench = Bench(tmp_path / "bench")
+    diverging = ENGINE.replace("DIVERGE = False", "DIVERGE = True")
+    try:
+        versions = bench.pair("A", "B", new_engine=diverging)  # v2: every quote differs
+        log = tmp_path / "swap.jsonl"
+        d = bench.dispatcher(versions, shadow=shadow(), log=str(log))
+        quote = d.route(bench.target)
+        for x in range(10):
+            quote(x)
+        d.swap_candidate(bench.source("C"))  # v2.1: fixed, every quote agrees
+        for x in range(30):
+            quote(x)
+        d.close()
+        report, _ = report_from_logs([str(log)], lambda problem: None)
+        routes = [r for r in report.routes if r.route == bench.target]
+        by_candidate = {r.sources["new"]: (r.comparisons, r.mismatches) for r in routes}
+        assert by_candidate == {bench.source("B"): (10, 10), bench.source("C"): (30, 0)}
+        assert {r.sources["old"] for r in routes} == {bench.source("A")}
+        text = report.to_text()
+        assert f"old {bench.source('A')}  new {bench.source('B')}" in text
+        assert f"new {bench.source('C')}" in text
+        assert d.report().route(bench.target).sources["new"] == bench.source("C")
+    finally:
+        bench.cleanup()
