@@ -280,3 +280,22 @@ def test_the_command_line_changes_the_state_and_names_who_has_not_applied_it(
         assert main(["control", "--db", db, *bad]) == 2
         assert "dualrun control:" in capsys.readouterr().err
     assert main(["control", "--db", str(tmp_path / "none.db"), "status"]) == 2
+
+
+def test_a_state_the_dispatcher_refuses_is_reported_and_later_ones_still_apply(
+    lab: Lab, tmp_path: Path
+) -> None:
+    control = store(tmp_path)
+    versions = lab.pair()
+    d = lab.dispatcher(versions, control=control)
+    quote = d.route(f"{versions.old.name}.engine:quote")
+    d.promote(retire=True)  # the app itself unloads old: nothing left to roll back to
+    assert d.wait_retired(5)
+    control.rollback()
+    status = control.wait(5)
+    assert status.acknowledged and len(status.failed) == 1
+    assert "rollback" in (status.failed[0].error or "")
+    assert served(quote, 1) == "new"  # still serving what it can
+    control.set_fixed("new")  # the agent is alive and applies the next state
+    status = control.wait(5)
+    assert status.acknowledged and not status.failed

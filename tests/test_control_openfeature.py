@@ -122,3 +122,16 @@ def test_bad_arguments(lab: Lab) -> None:
         dualrun.OpenFeatureControl(object(), "dualrun")
     with pytest.raises(ValueError, match="flag_key"):
         dualrun.OpenFeatureControl(api.get_client(), "")
+
+
+def test_with_a_store_processes_acknowledge_the_flags_version(
+    lab: Lab, flagd: tuple[Path, Any], tmp_path: Path
+) -> None:
+    path, client = flagd
+    store = dualrun.SQLiteControl(tmp_path / "acks.db", heartbeat_interval=0.2, live_after=5)
+    control = dualrun.OpenFeatureControl(client, "dualrun", poll_interval=0.1, store=store)
+    versions = lab.pair()
+    d = lab.dispatcher(versions, control=control)
+    write_flags(path, {"mode": "canary", "percent": 10, "version": 41})
+    eventually(lambda: [p.applied for p in store.status().live] == [41])
+    assert getattr(d.policy, "percent", None) == 10

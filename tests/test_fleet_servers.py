@@ -146,8 +146,7 @@ def test_every_worker_obeys_the_control_store(
     files = [str(p) for p in tmp_path.glob("events-*.jsonl")]
     report, _ = report_from_logs(files, lambda message: None)
     calls = report.route(ROUTE).calls
-    assert calls["old"] + calls["new"] >= sent  # every worker's events reached the log
-    assert calls["old"] + calls["new"] <= sent + 4 * workers  # wait_ready's /health are not routed
+    assert calls["old"] + calls["new"] == sent  # every worker's events reached the log, once
     pids = {int(Path(f).stem.split("-")[1]) for f in files}
     if not preload:
         assert pids >= set(seen_workers)
