@@ -118,7 +118,7 @@ def _summary(route: RouteReport) -> list[tuple[str, str]]:
             )
             if any(not route.latency_histogram.get(label) for label in ("old", "new")):
                 rows.append(("", WALL_NOT_COMPARABLE))
-        if route.cpu_ns:
+        if any(route.cpu_histogram.get(label) for label in ("old", "new")):
             rows.append(
                 ("cpu time", "  ".join(_cpu(route, name) for name in ("p50", "p95", "p99")))
             )
