@@ -303,3 +303,19 @@ def test_a_git_tree_over_the_limit_is_refused(
     with pytest.raises(dualrun.VersionLoadError, match="DUALRUN_MAX_EXTRACT_BYTES"):
         dualrun.load("pricing", old=f"git:{linked_repo}@HEAD", new=plain)
     assert temporaries(cache) == []
+
+
+def test_an_extraction_planted_under_another_archives_name_is_extracted_again(
+    cache: Path, wheel: Path, plain: str, tmp_path: Path, load_pair: LoadPair
+) -> None:
+    other = build_zip(tmp_path / "other.whl", dict(pricing_files("v9")))
+    first = load_pair("pricing", old=str(wheel), new=plain)
+    planted = load_pair("pricing", old=str(other), new=plain)
+    target, source = first.old.root, planted.old.root
+    first.unload()
+    planted.unload()
+    sources._remove(target)
+    os.rename(source, target)  # the v9 tree, manifest and all, under the v1 wheel's hash
+    with pytest.warns(dualrun.DualrunWarning, match="differs from what was extracted"):
+        again = load_pair("pricing", old=str(wheel), new=plain)
+    assert again.old.root == target and again.old.module.version() == "v1"

@@ -376,3 +376,12 @@ def test_replay_and_pin_token_messages_are_escaped(tmp_path: Path) -> None:
     with redirect_stdout(io.StringIO()), redirect_stderr(err):
         code = cli.main(["pin-token", "new", "--secret-file", str(secret_file)])
     assert code == 2 and "\x1b" not in err.getvalue() and "no\\x1b[2Jsecret" in err.getvalue()
+
+
+def test_control_messages_are_escaped(tmp_path: Path) -> None:
+    store = tmp_path / "no\x1b[2Jstore.db"
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        code = cli.main(["control", "--db", str(store), "status"])
+    assert code == 2
+    assert "\x1b" not in err.getvalue() and "no\\x1b[2Jstore.db" in err.getvalue()

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from dualrun.control.sqlite import FleetStatus, SQLiteControl
+from dualrun.render import printable
 
 VERBS = (
     "status",
@@ -103,7 +104,7 @@ def run_control(args: argparse.Namespace) -> int:
             _change(control, args.verb, args.argument, args.salt)
         status = control.wait(args.timeout) if args.wait else control.status()
     except (ValueError, sqlite3.Error) as exc:
-        print(f"dualrun control: {exc}", file=sys.stderr)
+        print(f"dualrun control: {printable(exc)}", file=sys.stderr)
         return 2
     _print(status, args.json)
     if args.wait and (not status.acknowledged or status.failed):
@@ -164,7 +165,7 @@ def run_rollout(args: argparse.Namespace) -> int:
             on_decision=show,
         )
     except ValueError as exc:
-        print(f"dualrun rollout: {exc}", file=sys.stderr)
+        print(f"dualrun rollout: {printable(exc)}", file=sys.stderr)
         return 2
     print(f"dualrun rollout {args.name}: {rollout.holder} taking part", flush=True)
     record = rollout.run(args.timeout)
