@@ -272,7 +272,7 @@ def test_the_command_line_changes_the_state_and_names_who_has_not_applied_it(
     assert main(["control", "--db", db, "--wait", "--timeout", "0.3", "rollback"]) == 1
     out = capsys.readouterr().out
     assert "acknowledged by 1 of 2 live processes" in out
-    assert "pid 1 on h: NOT applied, at v1 for" in out
+    assert "pid 1 on h: NOT applied, at v1, behind for" in out
     assert served(quote, 7, pin="new") == "old"
     assert main(["control", "--db", db, "status", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["state"]["mode"] == "rolled back"

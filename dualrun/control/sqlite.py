@@ -118,6 +118,7 @@ class ProcessStatus:
     error: str | None  # why it could not apply the state (a candidate that failed to load...)
     error_since: float | None
     live: bool
+    behind_since: float | None = None  # when the first change it has not applied was made
 
     def line(self, now: float, version: int, changed: float) -> str:
         where = f"pid {self.pid} on {self.host}"
@@ -127,7 +128,8 @@ class ProcessStatus:
             text = f"{where}: applied v{self.applied} ({self.serving})"
         else:
             shown = "nothing yet" if self.applied is None else f"v{self.applied}"
-            text = f"{where}: NOT applied, at {shown} for {now - changed:.1f} s"
+            since = changed if self.behind_since is None else self.behind_since
+            text = f"{where}: NOT applied, at {shown}, behind for {now - since:.1f} s"
         if self.error is not None:
             text += f"; error since {now - (self.error_since or now):.0f} s: {self.error}"
         return text
@@ -457,21 +459,31 @@ class SQLiteControl:
 
         def work(
             db: sqlite3.Connection,
-        ) -> tuple[Any, list[Any], Any]:
+        ) -> tuple[Any, list[Any], Any, dict[int, float]]:
             return (
                 db.execute(
                     "SELECT version, data, changed, what FROM state WHERE id = 1"
                 ).fetchone(),
                 db.execute("SELECT * FROM processes").fetchall(),
                 db.execute("SELECT data FROM rollouts ORDER BY rowid DESC LIMIT 1").fetchone(),
+                dict(db.execute("SELECT version, changed FROM changes").fetchall()),
             )
 
-        state_row, rows, rollout = self._read(work)
+        state_row, rows, rollout, changes = self._read(work)
         if state_row is None:
             raise ValueError(f"{self.path} has no control state row")
         state = from_dict({**json.loads(state_row[1]), "version": int(state_row[0])})
         now = time.time()
-        processes = tuple(ProcessStatus(*(*row, now - row[4] <= self.live_after)) for row in rows)
+        processes = tuple(
+            ProcessStatus(
+                *(
+                    *row,
+                    now - row[4] <= self.live_after,
+                    changes.get(0 if row[5] is None else row[5] + 1),
+                )
+            )
+            for row in rows
+        )
         return FleetStatus(
             state,
             float(state_row[2]),
