@@ -47,20 +47,25 @@ class WorkerPool:
         """Queue ``job``; False (and nothing queued) if the pool is full or closed."""
         if self._closed or self._queue.qsize() >= self._bound:
             return False
-        if not self._threads:
-            self._start()
+        if not self._threads and not self._start():
+            return False  # closed meanwhile: no thread may start after close()
         next(self._submitted)
         self._queue.put(job)
         return True
 
-    def _start(self) -> None:
+    def _start(self) -> bool:
+        """Start the threads (once); False if the pool is closed."""
         with self._start_lock:
-            if self._threads:
-                return
-            for i in range(self._workers):
-                thread = threading.Thread(target=self._work, name=f"{self._name}-{i}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
+            if self._closed:
+                return False
+            if not self._threads:
+                for i in range(self._workers):
+                    thread = threading.Thread(
+                        target=self._work, name=f"{self._name}-{i}", daemon=True
+                    )
+                    thread.start()
+                    self._threads.append(thread)
+            return True
 
     def _work(self) -> None:
         while True:
@@ -90,7 +95,8 @@ class WorkerPool:
 
         With ``abandon``, the jobs not started when ``timeout`` ran out are taken off the queue
         and returned, never to run; otherwise they run before the threads stop."""
-        self._closed = True
+        with self._start_lock:  # a submit that passed its check starts no thread after this
+            self._closed = True
         done = self.join(timeout)
         abandoned: list[Job] = []
         if not done and abandon:
