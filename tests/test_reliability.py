@@ -879,3 +879,23 @@ def test_bounded_repr_is_repr_for_small_values_and_cut_for_big_ones() -> None:
     big = bounded_repr(list(range(10**6)), budget=1000)
     assert big.startswith("[0, 1, 2") and big.endswith("…]") and len(big) < 1100
     assert bounded_repr("z" * 10**6, budget=100) == repr("z" * 100) + "…"
+
+
+def test_async_background_shadows_cancelled_with_their_loop_are_counted_as_dropped(
+    lab: Lab,
+) -> None:
+    versions = lab.pair(
+        "async def f(x):\n    return x\n",
+        "async def f(x):\n    await asyncio.sleep(x % 2 * 5)\n    return x\n",
+    )
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow(mode="background"))
+    f = d.route(lab.target("f"))
+
+    async def main() -> list[int]:
+        results = [await f(i) for i in range(10)]
+        await asyncio.sleep(0.05)  # the even ones finish, the odd ones sleep on
+        return results
+
+    assert asyncio.run(main()) == list(range(10))  # the loop ends: pending shadows cancelled
+    report = route_report(d, lab.target("f"))
+    assert (report.comparisons, report.dropped) == (5, 5)
