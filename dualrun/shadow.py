@@ -50,9 +50,14 @@ if TYPE_CHECKING:
     from dualrun.routing import Route
 
 Args = tuple[tuple[Any, ...], dict[str, Any]]
+Clock = Callable[[], int] | None  # None: CPU time not measured
 _IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), complex, range})
 _SAMPLE_SALT = "dualrun-shadow"
 MAX_NOISE_PATHS = 1000
+# Unpaired runs (background, or a timeout) read thread CPU time, a system call per read, on every
+# call for a runner's first CPU_FIRST_CALLS calls and on CPU_SAMPLE percent of later ones.
+CPU_FIRST_CALLS = 1000
+CPU_SAMPLE = 1.0
 MAX_WORKERS = 256  # threads a shadow may start (twice: the pool and the timeout helpers)
 
 
@@ -89,8 +94,10 @@ class Shadow:
     every request key (``what="key"``), value and error text that is recorded, so reports and
     event logs only ever hold what it returns. ``cpu_time``: measure each run's thread CPU
     time (a system call per read); by default only where runs are not paired in the caller's
-    thread (background, or a ``timeout``), as there the gate compares CPU time; inline, wall
-    times are comparable and CPU time is recorded as not measured (-1) unless ``True``.
+    thread (background, or a ``timeout``), as there the gate compares CPU time, and there on
+    the first ``CPU_FIRST_CALLS`` calls and ``CPU_SAMPLE`` percent of later ones (both versions
+    of the same calls); inline, wall times are comparable and CPU time is recorded as not
+    measured (-1). ``True``: every call; ``False``: none.
     ``tolerance``: relative difference under which two floats are equal. ``exception_key``:
     maps an exception to what makes two of them equal (default: qualified type and message).
     ``workers``, ``queue_size``: the background pool's threads and queue (a full queue drops
@@ -211,18 +218,20 @@ def _execute(
     args: Args,
     run: Run,
     request: RequestContext,
-    clock: Callable[[], int] = thread_time_ns,
+    clock: Clock = thread_time_ns,
 ) -> _Result:
     """Run one version on its own arguments; whatever it raises (``SystemExit`` and
     ``KeyboardInterrupt`` included) is its outcome, never the caller's."""
     run_token = current_run.set(run)
     request_token = current_request.set(request)
-    wall, cpu = perf_counter_ns(), clock()
+    cpu = 0 if clock is None else clock()
+    wall = perf_counter_ns()
     try:
         value, error = fn(*args[0], **args[1]), None
     except BaseException as exc:
         value, error = None, exc
-    wall, cpu = perf_counter_ns() - wall, clock() - cpu
+    wall = perf_counter_ns() - wall
+    cpu = NOT_MEASURED if clock is None else clock() - cpu
     current_request.reset(request_token)
     current_run.reset(run_token)
     return _Result(value, error, wall, cpu, run)
@@ -252,12 +261,13 @@ async def _execute_async(
     run: Run,
     request: RequestContext,
     timeout: float | None,
-    clock: Callable[[], int] = thread_time_ns,
+    clock: Clock = thread_time_ns,
 ) -> _Result:
     """Await one version, bounded by ``timeout`` (an await can be cancelled, unlike a call)."""
     run_token = current_run.set(run)
     request_token = current_request.set(request)
-    wall, cpu = perf_counter_ns(), clock()
+    cpu = 0 if clock is None else clock()
+    wall = perf_counter_ns()
     timed_out = False
     try:
         value, error = await asyncio.wait_for(_capture(fn(*args[0], **args[1])), timeout)
@@ -271,7 +281,8 @@ async def _execute_async(
         value, error = None, exc
     except BaseException as exc:
         value, error = None, exc
-    wall, cpu = perf_counter_ns() - wall, clock() - cpu
+    wall = perf_counter_ns() - wall
+    cpu = NOT_MEASURED if clock is None else clock() - cpu
     current_request.reset(request_token)
     current_run.reset(run_token)
     return _Result(value, error, wall, cpu, run, timed_out)
@@ -291,7 +302,12 @@ class ShadowRunner:
         # Thread CPU time costs a system call per read (0.3 to 1.5 µs): measured where the
         # gate judges it (runs that are not paired), or when asked for.
         self._cpu = config.cpu_time if config.cpu_time is not None else not self._paired
-        self._clock: Callable[[], int] = thread_time_ns if self._cpu else int
+        # By default, unpaired runs measure CPU time on a sample of calls (see _call_clock);
+        # _clock is then the clock of the calls left out.
+        self._sampled = config.cpu_time is None and not self._paired
+        self._clock: Clock = thread_time_ns if self._cpu and not self._sampled else None
+        self._hand_off_only = config.mode == "background" and not config.calibrate
+        self._cpu_calls = new_counter()
         # route -> generalised paths seen to be noisy, and the same as rules that match a path
         # and everything below it (compiled again only when a path is learnt)
         self._noise: dict[str, set[str]] = {}
@@ -299,7 +315,9 @@ class ShadowRunner:
         self._calibrations: dict[str, int] = {}
         self._tracebacks: dict[str, int] = {}  # route, label, exception type -> formatted
         self._lock = threading.Lock()
-        self._pool = WorkerPool(config.workers, config.queue_size, "dualrun-shadow")
+        self._pool = WorkerPool(
+            config.workers, config.queue_size, "dualrun-shadow", self._background
+        )
         self._helpers = WorkerPool(config.workers, config.workers, "dualrun-timeout")
         self._timeout_slots = threading.BoundedSemaphore(config.workers)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -311,6 +329,16 @@ class ShadowRunner:
         self._timeout_slots = threading.BoundedSemaphore(self.config.workers)
         self._tasks = set()
         self._running = set()
+
+    def _call_clock(self) -> Clock:
+        """The CPU clock of this call's runs (primary, shadow and calibration alike, so the
+        two versions' CPU times come from the same calls), or None. Sampled by default where
+        runs are not paired: every call while the runner is young, then a random share."""
+        if self._sampled and (
+            next(self._cpu_calls) < CPU_FIRST_CALLS or random.random() * 100 < CPU_SAMPLE
+        ):
+            return thread_time_ns
+        return self._clock
 
     # -- which calls ------------------------------------------------------------------------
 
@@ -347,9 +375,55 @@ class ShadowRunner:
         # runs first must not unload the version this call is about to run.
         next(entered)
         try:
+            if self._hand_off_only:
+                return self._call_background(fn, route, label, args, kwargs)
             return self._call_counted(fn, route, label, args, kwargs)
         finally:
             next(left)
+
+    def _call_background(
+        self,
+        fn: Callable[..., Any],
+        route: Route,
+        label: Label,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """:meth:`_call_counted` for a background shadow that does not calibrate, flattened:
+        the caller copies the arguments, runs its version and queues a tuple; nothing more."""
+        request = current_request.get() or EMPTY
+        copier = self.config.copy
+        try:
+            shadow_args = (args, kwargs) if copier is None else copier(args, kwargs)
+        except BaseException as exc:  # the copy hook: its failure is this call's outcome
+            self.recorder.count(route.target, "skipped", f"copying the arguments: {describe(exc)}")
+            return fn(*args, **kwargs)
+        clock = self._clock  # _call_clock(), inlined
+        if self._sampled and (
+            next(self._cpu_calls) < CPU_FIRST_CALLS or random.random() * 100 < CPU_SAMPLE
+        ):
+            clock = thread_time_ns
+        run = Run(shadow=False)
+        token = current_run.set(run)
+        cpu = 0 if clock is None else clock()
+        wall = perf_counter_ns()
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            wall = perf_counter_ns() - wall
+            cpu = NOT_MEASURED if clock is None else clock() - cpu
+            current_run.reset(token)
+            self._hand_off(
+                route, label, (None, exc, wall, cpu, run), args, kwargs, shadow_args, request
+            )
+            raise
+        wall = perf_counter_ns() - wall
+        cpu = NOT_MEASURED if clock is None else clock() - cpu
+        current_run.reset(token)
+        self._hand_off(
+            route, label, (value, None, wall, cpu, run), args, kwargs, shadow_args, request
+        )
+        return value
 
     def _call_counted(
         self,
@@ -364,28 +438,33 @@ class ShadowRunner:
         if prepared is None:
             return fn(*args, **kwargs)
         shadow_args, again_args = prepared
+        clock = self._call_clock()
         early = None
         if self.config.mode == "inline" and random.random() < 0.5:
             try:
-                early = self._shadow_sync(route, label, shadow_args, request)
+                early = self._shadow_sync(route, label, shadow_args, request, None, clock)
             except Exception as exc:  # dualrun's own failure (a closed runner): serve unshadowed
                 self.recorder.count(route.target, "internal_errors", describe(exc))
                 return fn(*args, **kwargs)
         primary_run = Run(shadow=False)
         token = current_run.set(primary_run)
-        clock = self._clock
-        wall, cpu = perf_counter_ns(), clock()
+        cpu = 0 if clock is None else clock()
+        wall = perf_counter_ns()
         try:
             value = fn(*args, **kwargs)
         except BaseException as exc:
-            result = _Result(None, exc, perf_counter_ns() - wall, clock() - cpu, primary_run)
+            wall = perf_counter_ns() - wall
+            cpu = NOT_MEASURED if clock is None else clock() - cpu
             current_run.reset(token)
+            result = _Result(None, exc, wall, cpu, primary_run)
             self._after(
                 route, label, result, (args, kwargs), shadow_args, again_args, early, request
             )
             raise
-        result = _Result(value, None, perf_counter_ns() - wall, clock() - cpu, primary_run)
+        wall = perf_counter_ns() - wall
+        cpu = NOT_MEASURED if clock is None else clock() - cpu
         current_run.reset(token)
+        result = _Result(value, None, wall, cpu, primary_run)
         self._after(route, label, result, (args, kwargs), shadow_args, again_args, early, request)
         return value
 
@@ -430,17 +509,54 @@ class ShadowRunner:
                 route, label, primary, primary_args, shadow_args, again_args, early, request
             )
             return
-        # Background: the primary's arguments may change once the caller has them back.
-        snapshot = (
-            primary_args if _shared(shadow_args, primary_args) else self._snapshot(primary_args)
+        outcome = (primary.value, primary.error, primary.wall_ns, primary.cpu_ns, primary.run)
+        args, kwargs = primary_args
+        self._hand_off(route, label, outcome, args, kwargs, shadow_args, request, again_args)
+
+    def _hand_off(
+        self,
+        route: Route,
+        label: Label,
+        primary: _PrimaryRun,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        shadow_args: Args,
+        request: RequestContext,
+        again_args: Args | None = None,
+    ) -> None:
+        """Queue the rest of a background shadowed call for a worker: a plain tuple, with the
+        caller's context (its log context, for example); the worker makes the rest of it."""
+        primary_args = (args, kwargs)
+        if shadow_args[0] is not args or shadow_args[1] is not kwargs:
+            primary_args = self._snapshot(primary_args)  # the caller may change them once back
+        job = (
+            route,
+            label,
+            primary,
+            primary_args,
+            shadow_args,
+            again_args,
+            request,
+            copy_context(),
         )
-        context = copy_context()
-
-        def job() -> None:
-            self._finish(route, label, primary, snapshot, shadow_args, again_args, None, request)
-
-        if not self._pool.submit(_Queued(route.target, context, job, self._running)):
+        if not self._pool.submit(job):
             self.recorder.count(route.target, "dropped")
+
+    def _background(self, job: _Job) -> None:
+        """Run a queued background shadow (on a worker thread), in the caller's context."""
+        queued = _Queued(job[0].target)
+        running = self._running
+        running.add(queued)
+        try:
+            job[7].run(self._background_run, queued, job)
+        finally:
+            running.discard(queued)
+
+    def _background_run(self, queued: _Queued, job: _Job) -> None:
+        _current_job.set(queued)  # in the job's own copy of the caller's context
+        route, label, outcome, snapshot, shadow_args, again_args, request, _ = job
+        primary = _Result(*outcome)
+        self._finish(route, label, primary, snapshot, shadow_args, again_args, None, request)
 
     def _snapshot(self, args: Args) -> Args:
         copier = self.config.copy
@@ -456,8 +572,10 @@ class ShadowRunner:
         args: Args,
         request: RequestContext,
         runs_as: Label | None = None,
+        clock: Clock = None,
     ) -> _Result:
-        """Run the other version (or ``runs_as``) on ``args``; bounded by the timeout inline."""
+        """Run the other version (or ``runs_as``) on ``args``; bounded by the timeout inline.
+        ``clock``: the call's CPU clock (see :meth:`_call_clock`)."""
         runs = runs_as or other(label)
         fn, entered, left = route.shadow_slots[runs]
         if route.migrating:
@@ -467,7 +585,7 @@ class ShadowRunner:
         if timeout is None or self.config.mode == "background":
             next(entered)
             try:
-                result = _execute(fn, args, Run(shadow=True), shadow_request, self._clock)
+                result = _execute(fn, args, Run(shadow=True), shadow_request, clock)
             finally:
                 next(left)
             if timeout is not None and result.wall_ns > timeout * 1e9:
@@ -477,7 +595,7 @@ class ShadowRunner:
         def run() -> _Result:
             next(entered)
             try:
-                return _execute(fn, args, Run(shadow=True), shadow_request, self._clock)
+                return _execute(fn, args, Run(shadow=True), shadow_request, clock)
             finally:
                 next(left)
 
@@ -488,7 +606,7 @@ class ShadowRunner:
         bounded; the shadow itself cannot be interrupted and finishes (or hangs) on its own,
         holding its helper meanwhile, and never keeps the process from exiting."""
         started = perf_counter_ns()
-        late = _Result(None, None, 0, 0, Run(shadow=True), timed_out=True)
+        late = _Result(None, None, 0, NOT_MEASURED, Run(shadow=True), timed_out=True)
         if not self._timeout_slots.acquire(blocking=False):
             return late  # every helper is busy with a slow shadow
         context = copy_context()
@@ -523,11 +641,13 @@ class ShadowRunner:
     ) -> None:
         """Run what is left (shadow, calibration), compare, record. Never raises."""
         try:
+            # CPU time of the other runs exactly where the primary's was measured
+            clock = None if primary.cpu_ns == NOT_MEASURED else thread_time_ns
             if shadow is None:
-                shadow = self._shadow_sync(route, label, shadow_args, request)
+                shadow = self._shadow_sync(route, label, shadow_args, request, None, clock)
             again = None
             if again_args is not None:
-                again = self._shadow_sync(route, label, again_args, request, runs_as=label)
+                again = self._shadow_sync(route, label, again_args, request, label, clock)
             self._conclude(route, label, primary, shadow, again, primary_args, shadow_args, request)
         except BaseException as exc:  # a hook, a comparator, a repr: never the caller's
             self._failed(route, exc)
@@ -618,13 +738,12 @@ class ShadowRunner:
             if status == "match" and old.error is None and new.error is None:
                 if not _claimed():
                     return
-                cpu = self._cpu
                 self.recorder.record_match(
                     target,
                     old.wall_ns,
-                    old.cpu_ns if cpu else NOT_MEASURED,
+                    old.cpu_ns,
                     new.wall_ns,
-                    new.cpu_ns if cpu else NOT_MEASURED,
+                    new.cpu_ns,
                     None if self._paired else label,
                 )
                 return
@@ -639,8 +758,8 @@ class ShadowRunner:
             route=target,
             key=key,
             primary=label,
-            old=_outcome("old", old, self._cpu, self._traceback(target, "old", old)),
-            new=_outcome("new", new, self._cpu, self._traceback(target, "new", new)),
+            old=_outcome("old", old, self._traceback(target, "old", old)),
+            new=_outcome("new", new, self._traceback(target, "new", new)),
             differences=tuple(differences),
             noise=tuple(noise),
             status=status,
@@ -662,11 +781,12 @@ class ShadowRunner:
         """Compare and record two outcomes (value, exception, wall ns) obtained elsewhere, such
         as a recorded call's and a replay's, exactly as a shadowed call's would be."""
         request = EMPTY if key is None else RequestContext(key, None, EMPTY.attrs, {})
+        cpu = 0 if self._cpu else NOT_MEASURED
         self._record(
             target,
             "old",
-            _Result(old[0], old[1], old[2], 0, Run(shadow=False)),
-            _Result(new[0], new[1], new[2], 0, Run(shadow=True)),
+            _Result(old[0], old[1], old[2], cpu, Run(shadow=False)),
+            _Result(new[0], new[1], new[2], cpu, Run(shadow=True)),
             None,
             request,
         )
@@ -714,20 +834,23 @@ class ShadowRunner:
             return await fn(*args, **kwargs)
         shadow_args, again_args = prepared
         inline = self.config.mode == "inline"
+        clock = self._call_clock()
         early = None
         if inline and random.random() < 0.5:
-            early = await self._shadow_async(route, label, shadow_args, request)
+            early = await self._shadow_async(route, label, shadow_args, request, None, clock)
         primary_run = Run(shadow=False)
         token = current_run.set(primary_run)
-        clock = self._clock
-        wall, cpu = perf_counter_ns(), clock()
+        cpu = 0 if clock is None else clock()
+        wall = perf_counter_ns()
         error: BaseException | None = None
         value: Any = None
         try:
             value = await fn(*args, **kwargs)
         except BaseException as exc:
             error = exc
-        result = _Result(value, error, perf_counter_ns() - wall, clock() - cpu, primary_run)
+        wall = perf_counter_ns() - wall
+        cpu = NOT_MEASURED if clock is None else clock() - cpu
+        result = _Result(value, error, wall, cpu, primary_run)
         current_run.reset(token)
         if isinstance(error, asyncio.CancelledError):
             raise error  # the caller is being cancelled: no shadow run to wait for
@@ -757,6 +880,7 @@ class ShadowRunner:
         args: Args,
         request: RequestContext,
         runs_as: Label | None = None,
+        clock: Clock = None,
     ) -> _Result:
         runs = runs_as or other(label)
         fn, entered, left = route.shadow_slots[runs]
@@ -770,7 +894,7 @@ class ShadowRunner:
                 Run(shadow=True),
                 _shadow_request(request, runs),
                 self.config.timeout,
-                self._clock,
+                clock,
             )
         finally:
             next(left)
@@ -787,11 +911,12 @@ class ShadowRunner:
         request: RequestContext,
     ) -> None:
         try:
+            clock = None if primary.cpu_ns == NOT_MEASURED else thread_time_ns
             if shadow is None:
-                shadow = await self._shadow_async(route, label, shadow_args, request)
+                shadow = await self._shadow_async(route, label, shadow_args, request, None, clock)
             again = None
             if again_args is not None:
-                again = await self._shadow_async(route, label, again_args, request, label)
+                again = await self._shadow_async(route, label, again_args, request, label, clock)
             self._conclude(route, label, primary, shadow, again, primary_args, shadow_args, request)
         except asyncio.CancelledError:
             if not _cancelling():
@@ -822,46 +947,34 @@ class ShadowRunner:
         ``abandon``, runs not started by then never will be: each is counted as dropped
         (otherwise they still run, on the threads' way out)."""
         left = self._pool.close(timeout, abandon=abandon)
-        if abandon:  # queued, or running still (a thread that exit will stop): not recorded
-            for job in [*left, *list(self._running)]:
-                if isinstance(job, _Queued) and job.claim():
-                    self.recorder.count(job.target, "dropped")
+        if abandon:  # queued (never to run), or running still (a thread that exit will stop)
+            for job in left:
+                self.recorder.count(job[0].target, "dropped")
+            for queued in list(self._running):
+                if queued.claim():
+                    self.recorder.count(queued.target, "dropped")
         self._helpers.close(timeout=0)
 
 
+# The primary's run of a call: value, exception, wall ns, CPU ns, side effects.
+_PrimaryRun = tuple[Any, "BaseException | None", int, int, Run]
+# A queued background shadow run: see ShadowRunner._hand_off.
+_Job = tuple["Route", Label, _PrimaryRun, Args, Args, "Args | None", RequestContext, Context]
+
+
 class _Queued:
-    """A background shadow run, queued or running: it records its outcome, or :meth:`close`
-    counts it as dropped, whichever claims it first (never both, never neither)."""
+    """A background shadow run a worker has started: it records its outcome, or
+    :meth:`ShadowRunner.close` counts it as dropped, whichever claims it first (never both)."""
 
-    __slots__ = ("_claims", "context", "run", "running", "target")
+    __slots__ = ("_claims", "target")
 
-    def __init__(
-        self,
-        target: str,
-        context: Context,
-        run: Callable[[], None],
-        running: set[_Queued],
-    ) -> None:
+    def __init__(self, target: str) -> None:
         self.target = target
-        self.context = context
-        self.run = run
-        self.running = running
         self._claims = new_counter()
 
     def claim(self) -> bool:
         """True for the first caller only (atomic under the GIL)."""
         return next(self._claims) == 0
-
-    def __call__(self) -> None:
-        self.running.add(self)
-        try:
-            self.context.run(self._run)
-        finally:
-            self.running.discard(self)
-
-    def _run(self) -> None:
-        _current_job.set(self)  # in the job's own copy of the caller's context
-        self.run()
 
 
 _current_job: ContextVar[_Queued | None] = ContextVar("dualrun_shadow_job", default=None)
@@ -903,15 +1016,14 @@ def redacted(obs: Observation, redact: Callable[[str, str], str]) -> Observation
     )
 
 
-def _outcome(
-    label: str, result: _Result, cpu: bool = True, traceback_text: str | None = None
-) -> Outcome:
+def _outcome(label: str, result: _Result, traceback_text: str | None = None) -> Outcome:
     error = None
     if result.error is not None:
         error = f"{type(result.error).__qualname__}: {short_repr(str(result.error))}"
     value = None if result.error is not None or result.timed_out else short_repr(result.value)
-    cpu_ns = result.cpu_ns if cpu else NOT_MEASURED
-    return Outcome(label, value, error, result.wall_ns, cpu_ns, result.timed_out, traceback_text)
+    return Outcome(
+        label, value, error, result.wall_ns, result.cpu_ns, result.timed_out, traceback_text
+    )
 
 
 _PRIVATE_PREFIX = re.compile(r"_dualrun_\d+\.")

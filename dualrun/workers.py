@@ -1,31 +1,51 @@
 """A bounded pool of daemon threads that never blocks the thread that submits work.
 
-``submit`` is one ``SimpleQueue.put`` (a C call, no lock held by Python code) after a check of
-the queue's length; when the queue holds ``bound`` jobs, the job is refused and the caller
-counts it as dropped. Under concurrent submitters the bound may be passed by a few jobs.
+``submit`` appends to a deque (atomic under the GIL, no lock) after a check of its length; when
+it holds ``bound`` jobs, the job is refused and the caller counts it as dropped. Under
+concurrent submitters the bound may be passed by a few jobs. Busy workers take the next job
+without being woken; only a worker that found the queue empty parks, and a submit wakes one
+parked worker (a parked worker also looks again every ``PARK_SECONDS``, so a wake-up lost to a
+race only delays a job).
 """
 
 from __future__ import annotations
 
-import queue
+import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from dualrun import forks
 from dualrun.counters import new_counter, peek
 
 Job = Callable[[], None]
 _STOP = object()
+PARK_SECONDS = 0.5
+
+
+def _call(job: Any) -> None:
+    job()
 
 
 class WorkerPool:
-    """``workers`` threads started on first use, at most about ``bound`` jobs waiting."""
+    """``workers`` threads started on first use, at most about ``bound`` jobs waiting.
 
-    def __init__(self, workers: int, bound: int, name: str) -> None:
+    ``handler(job)`` runs each job (by default a job is a callable, called): a submitter can
+    then queue plain data, and the worker builds whatever the job needs."""
+
+    def __init__(
+        self,
+        workers: int,
+        bound: int,
+        name: str,
+        handler: Callable[[Any], None] = _call,
+    ) -> None:
         self._workers = workers
         self._bound = bound
         self._name = name
+        self._handler = handler
         self._closed = False
         self.after_fork_in_child()
         forks.register(self)
@@ -33,25 +53,35 @@ class WorkerPool:
     def after_fork_in_child(self) -> None:
         """Empty queue, no threads (started on first use), fresh lock: also what a forked
         child needs, as its parent's threads are not in it and its parent's jobs not its own."""
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._queue: deque[Any] = deque()
+        self._parked: list[threading.Event] = []  # one event per worker waiting for a job
         self._submitted = new_counter()
         self._finished = new_counter()
         self._threads: list[threading.Thread] = []
+        self._open = False  # threads started, not closed: submit's one check
         self._start_lock = threading.Lock()
 
     def pending(self) -> int:
         """Jobs submitted and not finished yet."""
         return peek(self._submitted) - peek(self._finished)
 
-    def submit(self, job: Job) -> bool:
+    def submit(self, job: Any) -> bool:
         """Queue ``job``; False (and nothing queued) if the pool is full or closed."""
-        if self._closed or self._queue.qsize() >= self._bound:
-            return False
-        if not self._threads and not self._start():
-            return False  # closed meanwhile: no thread may start after close()
+        queue = self._queue
+        if not self._open or len(queue) >= self._bound:
+            if self._closed or len(queue) >= self._bound:
+                return False
+            if not self._start():
+                return False  # closed meanwhile: no thread may start after close()
         next(self._submitted)
-        self._queue.put(job)
+        queue.append(job)
+        if self._parked:
+            self._wake_one()
         return True
+
+    def _wake_one(self) -> None:
+        with contextlib.suppress(IndexError):  # another submitter woke the last one
+            self._parked.pop().set()
 
     def _start(self) -> bool:
         """Start the threads (once); False if the pool is closed."""
@@ -65,19 +95,36 @@ class WorkerPool:
                     )
                     thread.start()
                     self._threads.append(thread)
+                self._open = True
             return True
 
     def _work(self) -> None:
+        queue, handler, wake = self._queue, self._handler, threading.Event()
         while True:
-            job = self._queue.get()
+            try:
+                job = queue.popleft()
+            except IndexError:
+                self._park(wake)
+                continue
             if job is _STOP:
                 return
             try:
-                job()  # type: ignore[operator]
+                handler(job)
             except BaseException:  # SystemExit included: a job never stops its worker
                 pass
             finally:
                 next(self._finished)
+
+    def _park(self, wake: threading.Event) -> None:
+        """Wait for a job: told by a submit that sees this worker parked (it looks again
+        after parking, so a job queued meanwhile is not missed), or after PARK_SECONDS."""
+        wake.clear()
+        parked = self._parked
+        parked.append(wake)
+        if not self._queue:
+            wake.wait(PARK_SECONDS)
+        with contextlib.suppress(ValueError):  # a submit took it off to wake it
+            parked.remove(wake)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until every submitted job has finished; False if ``timeout`` ran out first."""
@@ -90,26 +137,29 @@ class WorkerPool:
             time.sleep(0.001)
         return True
 
-    def close(self, timeout: float | None = 5.0, abandon: bool = False) -> list[Job]:
+    def close(self, timeout: float | None = 5.0, abandon: bool = False) -> list[Any]:
         """Refuse new jobs, let the queued ones finish (up to ``timeout``), stop the threads.
 
         With ``abandon``, the jobs not started when ``timeout`` ran out are taken off the queue
         and returned, never to run; otherwise they run before the threads stop."""
         with self._start_lock:  # a submit that passed its check starts no thread after this
             self._closed = True
+            self._open = False
         done = self.join(timeout)
-        abandoned: list[Job] = []
+        abandoned: list[Any] = []
         if not done and abandon:
             while True:
                 try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
+                    job = self._queue.popleft()
+                except IndexError:
                     break
                 if job is not _STOP:
-                    abandoned.append(job)  # type: ignore[arg-type]
+                    abandoned.append(job)
                     next(self._finished)
         for _ in self._threads:
-            self._queue.put(_STOP)
+            self._queue.append(_STOP)
+        for _ in self._threads:
+            self._wake_one()
         for thread in self._threads:
             thread.join(0 if not done else timeout)
         return abandoned

@@ -250,6 +250,53 @@ def test_flush_returns_false_when_no_worker_is_left_to_run_the_queue() -> None:
     release.set()
 
 
+def test_an_idle_pool_wakes_for_a_job_at_once() -> None:
+    from dualrun.workers import PARK_SECONDS, WorkerPool
+
+    pool = WorkerPool(2, 10, "test-pool")
+    try:
+        assert pool.submit(lambda: None) and pool.join(5)
+        time.sleep(0.05)  # both workers park
+        for _ in range(20):
+            done = threading.Event()
+            started = time.monotonic()
+            assert pool.submit(done.set)
+            assert done.wait(5)
+            assert time.monotonic() - started < PARK_SECONDS / 2  # woken, not timed out
+    finally:
+        pool.close(1)
+
+
+def test_a_pool_runs_every_job_exactly_once_under_racing_submitters() -> None:
+    import sys
+
+    from dualrun.workers import WorkerPool
+
+    pool = WorkerPool(3, 1_000_000, "test-pool")
+    ran: list[int] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+
+        def submit(base: int) -> None:
+            for n in range(2000):
+                assert pool.submit(lambda n=base + n: ran.append(n))
+                if n % 300 == 0:
+                    time.sleep(0.002)  # let the workers run dry and park
+
+        submitters = [threading.Thread(target=submit, args=(i * 10_000,)) for i in range(4)]
+        for thread in submitters:
+            thread.start()
+        for thread in submitters:
+            thread.join()
+        assert pool.join(30)
+    finally:
+        sys.setswitchinterval(interval)
+        pool.close(1)
+    assert sorted(ran) == [i * 10_000 + n for i in range(4) for n in range(2000)]
+    assert pool.pending() == 0
+
+
 # -- 4. the event-log writer survives its redactor and its logger ---------------------------
 
 

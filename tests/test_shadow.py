@@ -1103,6 +1103,32 @@ def test_cpu_time_is_read_where_it_is_judged_or_asked_for(
     assert (report.cpu_ns["new"]["p50"] is not None) is measured
 
 
+def test_background_cpu_time_is_sampled_on_the_same_calls_for_both_versions(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dualrun.shadow
+
+    monkeypatch.setattr(dualrun.shadow, "CPU_FIRST_CALLS", 4)
+    monkeypatch.setattr(dualrun.shadow, "CPU_SAMPLE", 25.0)
+    versions = lab.pair("def f(x):\n    return x\n", "def f(x):\n    return x + 1\n")
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow(mode="background"))
+    seen = observations(d)
+    f = d.route(lab.target("f"))
+    for n in range(400):
+        f(n)  # mismatches
+    assert d.flush(10)
+    assert len(seen) == 400
+    # Each observation has both CPU times or neither: the gate compares the same calls.
+    measured = [obs for obs in seen if obs.old.cpu_ns != NOT_MEASURED]
+    assert all(obs.new.cpu_ns >= 0 and obs.old.cpu_ns >= 0 for obs in measured)
+    assert all(obs.new.cpu_ns == NOT_MEASURED for obs in seen if obs not in measured)
+    assert all(obs.old.cpu_ns >= 0 for obs in seen[:4])  # every call while young
+    assert 4 + 40 <= len(measured) <= 4 + 160  # then about a quarter of them
+    [aggregate] = d.recorder.snapshot().values()
+    assert aggregate.cpu["old"].count == aggregate.cpu["new"].count == len(measured)
+    assert aggregate.latency["old"].count == 400  # the primary's wall time, every call
+
+
 def test_cpu_time_is_true_false_or_none() -> None:
     with pytest.raises(ValueError, match="cpu_time is True, False or None"):
         dualrun.Shadow(cpu_time="yes")  # type: ignore[arg-type]
