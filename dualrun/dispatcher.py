@@ -159,7 +159,11 @@ class Dispatcher:
         self._lifecycle = threading.RLock()  # promote, rollback, swap, kill: one at a time
         self._retired_label: Label | None = None  # the label whose version was retired
         self._promoted = False  # promote() committed to new (until rollback or the kill switch)
-        self._pins_honored = True  # False after a rollback that overrides pins
+        self._pins_wanted = True  # False after a rollback that overrides pins
+        # Read by the routed call: pins wanted, and no version stands in for the other.
+        self._pins_honored = True
+        # The label whose calls the other version serves (kill switch, retirement) -> that one.
+        self._stand_in: dict[Label, Label] = {}
         self._retiring: list[Retirement] = []
         self.retired: list[RetirementRecord] = []
         self.history: list[dict[str, Any]] = []  # earlier candidates: source and report
@@ -279,7 +283,7 @@ class Dispatcher:
                     "nothing to promote. Load a candidate with swap_candidate(SOURCE), then "
                     "promote()"
                 )
-            self._pins_honored = True
+            self._set_pins(True)
             self._switch(Fixed("new"))
             self._promoted = True
             if self._retired_label is None:
@@ -310,7 +314,7 @@ class Dispatcher:
                     f"To serve it again, load it as the candidate with "
                     f"swap_candidate({source!r}) and promote() it"
                 )
-            self._pins_honored = bool(honor_pins)
+            self._set_pins(bool(honor_pins))
             self._switch(Fixed("old"))
             self._promoted = False
             if self._retired_label is None and self._killed is None:
@@ -318,7 +322,7 @@ class Dispatcher:
             if retire and self._retired_label is None:
                 self._stop_shadowing()
                 self._retire("new", drain_timeout)
-            self._event("dualrun.rollback", retire=retire, honor_pins=self._pins_honored)
+            self._event("dualrun.rollback", retire=retire, honor_pins=self._pins_wanted)
 
     def retire(self, label: str | None = None, drain_timeout: float | None = 30.0) -> None:
         """Unload the version that no longer serves: old after :meth:`promote`, new after
@@ -353,11 +357,11 @@ class Dispatcher:
     def pins_honored(self) -> bool:
         """Whether a ``dualrun.context(pin=...)`` chooses the version (False after a
         :meth:`rollback` that overrode pins)."""
-        return self._pins_honored
+        return self._pins_wanted
 
     @pins_honored.setter
     def pins_honored(self, value: bool) -> None:
-        self._pins_honored = bool(value)
+        self._set_pins(bool(value))
         self._epoch = object()
 
     def swap_candidate(self, source: str, drain_timeout: float | None = 30.0) -> None:
@@ -429,7 +433,7 @@ class Dispatcher:
             self.versions = VersionPair(keep, candidate)
             self._retired_label = None
             self._promoted = False
-            self._pins_honored = True
+            self._set_pins(True)
             self._epoch = object()
             self._restart_statistics(previous)
             self._event("dualrun.swap", previous=current.source, candidate=candidate.source)
@@ -450,6 +454,7 @@ class Dispatcher:
             if self._retired_label is None:
                 for route in self._routes.values():
                     route.alias("new", "old")
+            self._set_pins(self._pins_wanted)
             self._event("dualrun.kill", reason=reason)
 
     def revive(self) -> None:
@@ -462,6 +467,7 @@ class Dispatcher:
             if self._retired_label is None:
                 for route in self._routes.values():
                     route.unalias("new")
+            self._set_pins(self._pins_wanted)
             self.shadow = self._saved_shadow
             self._event("dualrun.revive")
 
@@ -492,6 +498,18 @@ class Dispatcher:
         if self._killed is not None:
             raise RuntimeError(f"{what}: the kill switch is on ({self._killed}); revive() first")
 
+    def _set_pins(self, wanted: bool) -> None:
+        """Whether pins choose the version, and which version stands in for which: while one
+        serves the other's calls (the kill switch, a retirement), a pin or a policy's choice of
+        the other is decided as the one that serves, so a request's recorded decision (the web
+        middleware's ``X-Dualrun-Served-By``) names the version that really runs."""
+        self._pins_wanted = wanted
+        if self._retired_label is not None:
+            self._stand_in = {self._retired_label: other(self._retired_label)}
+        else:
+            self._stand_in = {} if self._killed is None else {"new": "old"}
+        self._pins_honored = wanted and not self._stand_in
+
     def _switch(self, policy: Policy) -> None:
         self.policy = policy
         self._epoch = object()
@@ -516,6 +534,7 @@ class Dispatcher:
             for route in self._routes.values():
                 route.alias(label, other(label))
             self._retired_label = label
+            self._set_pins(self._pins_wanted)
         self._retiring.append(Retirement(version, counters, timeout, self._retired))
 
     def _retired(self, record: RetirementRecord) -> None:
@@ -556,7 +575,8 @@ class Dispatcher:
             return request.pin  # a shadow run's own pin keeps it in its version, always
         label: Label | None = request.decisions.get(self._epoch)
         if label is None:
-            label = request.decisions.setdefault(self._epoch, self._choose(request))
+            label = self._choose(request)
+            label = request.decisions.setdefault(self._epoch, self._stand_in.get(label, label))
         return label
 
     def _choose(self, request: RequestContext) -> Label:
@@ -722,7 +742,7 @@ class Dispatcher:
                 serving=tuple(serving),
                 versions=versions,
                 policy=repr(policy),
-                pins_honored=self._pins_honored,
+                pins_honored=self._pins_wanted,
                 shadow=None if self._shadow is None else repr(self._shadow.config),
                 killed=self._killed,
                 promoted=self._promoted,

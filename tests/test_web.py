@@ -223,6 +223,49 @@ def test_wsgi_pins_behind_a_trusted_proxy_and_from_a_cookie(quote: Callable[...,
     assert via_proxy("garbage, ::") == unpinned
 
 
+@pytest.mark.parametrize("override", ["kill", "rollback", "retire", "retire under canary"])
+def test_served_by_names_the_version_that_serves_when_pins_or_the_policy_are_overridden(
+    load_pair: Callable[..., dualrun.VersionPair], override: str
+) -> None:
+    versions = load_pair("pricing", old=str(SHOP / "pricing_v1"), new=str(SHOP / "pricing_v2"))
+    dispatcher = dualrun.Dispatcher(versions, policy=dualrun.Canary(percent=50))
+    try:
+        quote = dispatcher.route("pricing.engine:quote")
+        wsgi = DualrunWSGI(
+            quoting_wsgi(quote), key="header:X-User-Id", pins=Pins(SECRET), served_by_header=True
+        )
+
+        async def answer_first(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            body = served(quote).encode()  # the routed call before the response starts
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+
+        asgi = DualrunASGI(
+            answer_first, key="header:X-User-Id", pins=Pins(SECRET), served_by_header=True
+        )
+        pin = {"X-Dualrun-Version": mint("new", SECRET)}
+        assert call_wsgi(wsgi, pin)[1]["X-Dualrun-Served-By"] == "new"
+        if override == "kill":
+            dispatcher.kill()
+        elif override == "rollback":
+            dispatcher.rollback()  # overrides pins
+        elif override == "retire":
+            dispatcher.rollback(retire=True, honor_pins=True)
+        else:
+            dispatcher.retire("new")  # the canary still chooses new for half of the users
+        for user in range(8):
+            headers = {"X-User-Id": f"u{user}", **(pin if user % 2 else {})}
+            _, answer, body = call_wsgi(wsgi, headers)
+            assert body.decode().split()[0] == answer["X-Dualrun-Served-By"] == "old"
+            sent = call_asgi(asgi, http_scope(headers))
+            assert body_of(sent).startswith("old")
+            assert (b"x-dualrun-served-by", b"old") in sent[0]["headers"]
+        assert wsgi.stats()["served"] == {"old": 8, "new": 1, "none": 0}
+        assert asgi.stats()["served"] == {"old": 8, "new": 0, "none": 0}
+    finally:
+        dispatcher.close()
+
+
 def test_wsgi_refused_pins_answer_400_when_asked(quote: Callable[..., Any]) -> None:
     app = DualrunWSGI(quoting_wsgi(quote), pins=Pins(SECRET, reject=True))
     status, _, body = call_wsgi(app, {"X-Dualrun-Version": "new.1.forged"})
