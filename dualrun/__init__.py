@@ -1,5 +1,6 @@
 """dualrun: two versions of the same code in one process, chosen call by call."""
 
+from dualrun import html, render  # noqa: F401  (they register Report.to_text/_markdown/_html)
 from dualrun.compare import Difference
 from dualrun.context import RequestContext, context, current
 from dualrun.control import FleetRollout, OpenFeatureControl, SQLiteControl

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import html
 import json
-from typing import TYPE_CHECKING
 
 from dualrun.render import _latency, _summary, bound_notes, pending_interceptions, percent
-
-if TYPE_CHECKING:
-    from dualrun.report import Divergence, Report, RouteReport
+from dualrun.report import RENDERERS, Divergence, Report, RouteReport
 
 _STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:72em;color:#222;padding:0 1em}
@@ -174,3 +171,6 @@ def render_html(report: Report, top: int | None = None) -> str:
         f"<script type='application/json' id='dualrun-data'>{data}</script>"
         f"<script>{_SCRIPT}</script></body></html>\n"
     )
+
+
+RENDERERS["html"] = render_html

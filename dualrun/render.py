@@ -8,10 +8,8 @@ escaped, never sent to the terminal as they are.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from dualrun.report import Divergence, Report, RouteReport
+from dualrun.report import RENDERERS, Divergence, Report, RouteReport
 
 EXAMPLE_WIDTH = 60
 # C0 and C1 controls, DEL, line and paragraph separators, bidirectional embeddings, overrides
@@ -296,3 +294,6 @@ def _md(cell: str) -> str:
         return _code(cell)
     text = printable(cell).replace("|", "\\|")
     return text.replace("&", "&amp;").replace("<", "&lt;")
+
+
+RENDERERS.update(text=render_text, markdown=render_markdown)

@@ -2,13 +2,16 @@
 
 A :class:`Report` is plain data built from the aggregates (in process, or rebuilt from event
 logs), rendered as text for a terminal, Markdown for a pull request, or JSON with a stable
-schema (``"schema": 1``).
+schema (``"schema": 1``). The renderers read the report and sit above it: :mod:`dualrun.render`
+and :mod:`dualrun.html` register themselves in :data:`RENDERERS` (``import dualrun`` imports
+them).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,6 +20,11 @@ from dualrun.recorder import COUNTS, DivergenceGroup, RouteAggregate, bucket_val
 SCHEMA_VERSION = 1
 Z_95 = 1.959963984540054
 QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+
+
+Renderer = Callable[["Report", "int | None"], str]
+RENDERERS: dict[str, Renderer] = {}
+"""A renderer by format (``"text"``, ``"markdown"``, ``"html"``), for ``Report.to_<format>``."""
 
 
 def wilson(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
@@ -198,19 +206,13 @@ class Report:
 
     def to_text(self, top: int | None = None) -> str:
         """Aligned text for a terminal; ``top`` limits the divergences shown per route."""
-        from dualrun.render import render_text
-
-        return render_text(self, top)
+        return RENDERERS["text"](self, top)
 
     def to_markdown(self, top: int | None = None) -> str:
         """Markdown that pastes into a pull request; ``top`` limits the divergences per route."""
-        from dualrun.render import render_markdown
-
-        return render_markdown(self, top)
+        return RENDERERS["markdown"](self, top)
 
     def to_html(self, top: int | None = None) -> str:
         """One self-contained page (no network, no CDN) with charts per route; ``top`` limits
         the divergences listed per route."""
-        from dualrun.html import render_html
-
-        return render_html(self, top)
+        return RENDERERS["html"](self, top)

@@ -6,12 +6,22 @@ import enum
 import inspect
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from dualrun.errors import TargetNotFoundError
 
-if TYPE_CHECKING:
-    from dualrun.loading import Version
+
+class Searched(Protocol):
+    """What :func:`find` reads of a version (a :class:`dualrun.loading.Version`, which sits
+    above this module: loading parses targets with it)."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def tops(self) -> tuple[str, ...]: ...
+    def import_module(self, name: str) -> ModuleType: ...
 
 
 def parse_target(target: object) -> tuple[str, str]:
@@ -65,7 +75,7 @@ def walk(module: ModuleType, qualname: str, describe: str) -> tuple[Any, Any, st
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def find(version: Version, target: str) -> Found:
+def find(version: Searched, target: str) -> Found:
     """Look ``target`` up in ``version``; raise TargetNotFoundError naming both if it is absent."""
     module_name, qualname = parse_target(target)
     describe = (
