@@ -12,11 +12,12 @@ from __future__ import annotations
 import ipaddress
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import Token
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from dualrun.compare import describe
-from dualrun.context import Label
+from dualrun.context import Label, RequestContext, current_request
 from dualrun.counters import new_counter, peek
 from dualrun.pins import check_secret, verify
 
@@ -259,3 +260,120 @@ class Settings:
             next(self.stats.source_errors)
             self.stats.last_source_error = f"{source!r}: {describe(exc)}"
             return None
+
+
+App = TypeVar("App", bound=Callable[..., Any])
+
+
+class Middleware(Generic[App]):
+    """What :class:`dualrun.wsgi.DualrunWSGI` and :class:`dualrun.asgi.DualrunASGI` share: the
+    options, the counts, and a request's context made from what the server hands over (the
+    WSGI environ or the ASGI scope: ``raw``), read through the subclass's :meth:`_header`."""
+
+    kind = "web"  # in the message for an app that is not callable
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        key: str | Source | None = None,
+        attrs: Mapping[str, str | Source] | None = None,
+        pins: Pins | None = None,
+        served_by_header: bool | str = False,
+    ) -> None:
+        if not callable(app):
+            raise TypeError(f"app is a {self.kind} application (a callable), got {app!r}")
+        self.app = app
+        self.settings = settings = Settings(key, attrs, pins, served_by_header)
+        names = {"cookie", "x-forwarded-for"}
+        for spec in (settings.key, *settings.attrs.values()):
+            if isinstance(spec, tuple) and spec[0] == "header":
+                names.add(spec[1])
+        if pins is not None and pins.header is not None:
+            names.add(pins.header)
+        # Each header name read, as the server spells it (an environ key, a byte string).
+        self._names = {name: self._spelled(name) for name in names}
+
+    def stats(self) -> dict[str, Any]:
+        """Requests, the versions that served them, errors and pins, counted so far."""
+        return self.settings.stats.snapshot()
+
+    @staticmethod
+    def _spelled(name: str) -> Any:
+        """A lower-case header name as :meth:`_header` looks it up."""
+        raise NotImplementedError
+
+    def _header(self, raw: Any, name: str) -> str | None:
+        """The value of the header ``name`` (lower case, one of ``self._names``), or None."""
+        raise NotImplementedError
+
+    def _peer(self, raw: Any) -> str | None:
+        """The address the request came from (a proxy's, behind one)."""
+        raise NotImplementedError
+
+    def _request(self, raw: Any, client: str | None) -> WebRequest:
+        """The request as key and attribute functions see it."""
+        raise NotImplementedError
+
+    def _read(self, spec: Any, raw: Any, request: WebRequest | None) -> Any:
+        if request is not None and callable(spec):
+            return self.settings.call(spec, request)
+        kind, name = spec
+        if kind == "header":
+            return self._header(raw, name)
+        return parse_cookies(self._header(raw, "cookie")).get(name)
+
+    def _pin(self, raw: Any, pins: Pins) -> tuple[Label | None, bool]:
+        """The pin to apply, and whether the request is to be refused."""
+        value = None if pins.header is None else self._header(raw, pins.header)
+        if value is None and pins.cookie is not None:
+            value = parse_cookies(self._header(raw, "cookie")).get(pins.cookie)
+        if not value or value.isspace():
+            return None, False
+        client = pins.client(self._peer(raw), self._header(raw, "x-forwarded-for"))
+        outcome = pins.judge(value, client)
+        counters = self.settings.stats.pins
+        if outcome == "old" or outcome == "new":
+            next(counters["honoured"])
+            return outcome, False
+        next(counters[outcome])
+        return None, pins.reject
+
+    def _open(self, raw: Any) -> RequestContext | None:
+        """The request's context, counted; None if its pin is refused (answer 400)."""
+        settings = self.settings
+        next(settings.stats.requests)
+        pin: Label | None = None
+        if settings.pins is not None:
+            pin, refuse = self._pin(raw, settings.pins)
+            if refuse:
+                return None
+        request = None
+        if settings.needs_request:
+            client = self._peer(raw)
+            if settings.pins is not None:
+                client = settings.pins.client(client, self._header(raw, "x-forwarded-for"))
+            request = self._request(raw, client)
+        key = None if settings.key is None else self._read(settings.key, raw, request)
+        attrs = (
+            {name: self._read(spec, raw, request) for name, spec in settings.attrs.items()}
+            if settings.attrs
+            else NO_ATTRS
+        )
+        return RequestContext(key, pin, attrs, {})
+
+    @staticmethod
+    def _leave(state: RequestContext, token: Token[RequestContext | None]) -> None:
+        """The app returned (or raised): the serving version goes on the request's span (once
+        ``dualrun.otel`` set :data:`annotate`), and the request's context is left."""
+        if annotate is not None:
+            annotate(served_version(state.pin, state.decisions) or "none", state.pin is not None)
+        current_request.reset(token)
+
+    def _finish(self, state: RequestContext, failed: bool) -> None:
+        """Count a request once it is over, for the version that served it."""
+        label = served_version(state.pin, state.decisions) or "none"
+        stats = self.settings.stats
+        next(stats.served[label])
+        if failed:
+            next(stats.errors[label])

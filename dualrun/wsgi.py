@@ -12,20 +12,11 @@ version that served it when the server closes the body.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from dualrun import web
-from dualrun.context import Label, RequestContext, current_request
-from dualrun.web import (
-    NO_ATTRS,
-    Pins,
-    Settings,
-    Source,
-    WebRequest,
-    parse_cookies,
-    served_version,
-)
+from dualrun.context import RequestContext, current_request
+from dualrun.web import Middleware, WebRequest, served_version
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -58,19 +49,15 @@ def _is_file(body: Iterable[bytes], environ: Environ) -> bool:
 class _Finish:
     """Counts a request once, when its body is closed (or its app raised)."""
 
-    __slots__ = ("failed", "settings", "state")
+    __slots__ = ("failed", "middleware", "state")
 
-    def __init__(self, settings: Settings, state: RequestContext) -> None:
-        self.settings = settings
+    def __init__(self, middleware: DualrunWSGI, state: RequestContext) -> None:
+        self.middleware = middleware
         self.state = state
         self.failed = False
 
     def __call__(self) -> None:
-        label = served_version(self.state.pin, self.state.decisions) or "none"
-        stats = self.settings.stats
-        next(stats.served[label])
-        if self.failed:
-            next(stats.errors[label])
+        self.middleware._finish(self.state, self.failed)
 
 
 class _Body:
@@ -118,7 +105,7 @@ class _Body:
             self._finish()
 
 
-class DualrunWSGI:
+class DualrunWSGI(Middleware[WSGIApp]):
     """Wrap a WSGI application so each request is a ``dualrun.context``.
 
     ``key``: where the bucketing key comes from, ``"header:X-User-Id"``, ``"cookie:uid"`` or a
@@ -130,79 +117,28 @@ class DualrunWSGI:
     as an error of the version that served it (``stats()``).
     """
 
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        key: str | Source | None = None,
-        attrs: Mapping[str, str | Source] | None = None,
-        pins: Pins | None = None,
-        served_by_header: bool | str = False,
-    ) -> None:
-        if not callable(app):
-            raise TypeError(f"app is a WSGI application (a callable), got {app!r}")
-        self.app = app
-        self.settings = settings = Settings(key, attrs, pins, served_by_header)
-        self._reads = {
-            id(spec): (spec[0], _environ_key(spec[1]) if spec[0] == "header" else spec[1])
-            for spec in (settings.key, *settings.attrs.values())
-            if isinstance(spec, tuple)
-        }
-        if pins is not None:
-            self._pin_header = None if pins.header is None else _environ_key(pins.header)
+    kind = "WSGI"
 
-    def stats(self) -> dict[str, Any]:
-        """Requests, the versions that served them, errors and pins, counted so far."""
-        return self.settings.stats.snapshot()
+    @staticmethod
+    def _spelled(name: str) -> str:
+        return _environ_key(name)
 
-    def _read(self, spec: Any, environ: Environ, request: WebRequest | None) -> Any:
-        if request is not None and callable(spec):
-            return self.settings.call(spec, request)
-        kind, name = self._reads[id(spec)]
-        if kind == "header":
-            return environ.get(name)
-        return parse_cookies(environ.get("HTTP_COOKIE")).get(name)
+    def _header(self, raw: Environ, name: str) -> str | None:
+        return raw.get(self._names[name])
 
-    def _pin(self, environ: Environ, pins: Pins) -> tuple[Label | None, bool]:
-        """The pin to apply, and whether the request is to be refused."""
-        value = None if self._pin_header is None else environ.get(self._pin_header)
-        if value is None and pins.cookie is not None:
-            value = parse_cookies(environ.get("HTTP_COOKIE")).get(pins.cookie)
-        if not value or value.isspace():
-            return None, False
-        client = pins.client(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"))
-        outcome = pins.judge(value, client)
-        counters = self.settings.stats.pins
-        if outcome == "old" or outcome == "new":
-            next(counters["honoured"])
-            return outcome, False
-        next(counters[outcome])
-        return None, pins.reject
+    def _peer(self, raw: Environ) -> str | None:
+        return raw.get("REMOTE_ADDR")
+
+    def _request(self, raw: Environ, client: str | None) -> WebRequest:
+        return _request(raw, client)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        settings = self.settings
-        next(settings.stats.requests)
-        pin: Label | None = None
-        if settings.pins is not None:
-            pin, refuse = self._pin(environ, settings.pins)
-            if refuse:
-                start_response("400 Bad Request", [("Content-Type", "text/plain")])
-                return [b"invalid dualrun pin\n"]
-        request = None
-        if settings.needs_request:
-            client = environ.get("REMOTE_ADDR")
-            if settings.pins is not None:
-                client = settings.pins.client(client, environ.get("HTTP_X_FORWARDED_FOR"))
-            request = _request(environ, client)
-        key = None if settings.key is None else self._read(settings.key, environ, request)
-        attrs = (
-            {name: self._read(spec, environ, request) for name, spec in settings.attrs.items()}
-            if settings.attrs
-            else NO_ATTRS
-        )
-        state = RequestContext(key, pin, attrs, {})
-        finish = _Finish(settings, state)
-        served_by = settings.served_by
+        state = self._open(environ)
+        if state is None:
+            start_response("400 Bad Request", [("Content-Type", "text/plain")])
+            return [b"invalid dualrun pin\n"]
+        finish = _Finish(self, state)
+        served_by = self.settings.served_by
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             if status[:1] == "5":
@@ -221,9 +157,7 @@ class DualrunWSGI:
             finish()
             raise
         finally:
-            if web.annotate is not None:  # the serving version on the request's span
-                web.annotate(served_version(pin, state.decisions) or "none", pin is not None)
-            current_request.reset(token)
+            self._leave(state, token)
         if type(body) is list or _is_file(body, environ):
             # Nothing of the app runs while a list or a file is sent: the request is over (and
             # the server keeps its fast path for files).
