@@ -89,25 +89,7 @@ class Journal:
         dropped = self.log.dropped_count()
         policy_errors = dispatcher.policy_error_count()
         current = recorder.copy_unlocked()
-        routes: dict[str, Any] = {}
-        baselines: dict[str, list[dict[Counter, int]]] = {}
-        for name in sorted(set(current) | set(tallies)):
-            entry: dict[str, Any] = {}
-            added, baselines[name] = _calls_since(
-                tallies.get(name, []), self._last_calls.get(name, [])
-            )
-            if any(added):
-                entry["calls"] = {"old": added[0], "new": added[1]}
-                entry["crossings"] = added[2]
-                entry["outside_context"] = added[3]
-                if added[4]:
-                    entry["results_converted"] = added[4]
-            if name in current:
-                delta = current[name].since(self._last.get(name)).to_dict()
-                if delta != RouteAggregate(name).to_dict():
-                    entry["aggregate"] = delta
-            if entry:
-                routes[name] = entry
+        routes, baselines = deltas(current, tallies, self._last, self._last_calls)
         changed = dropped != self._last_dropped or policy_errors != self._last_policy_errors
         if not (routes or force or changed):
             return
@@ -158,6 +140,38 @@ class Journal:
         self.log.flush(timeout)
         self.summarize(force=True)
         self.log.close(timeout)
+
+
+def deltas(
+    current: dict[str, RouteAggregate],
+    tallies: dict[str, list[tuple[Counter, list[Counter]]]],
+    last: dict[str, RouteAggregate],
+    last_calls: dict[str, list[dict[Counter, int]]],
+) -> tuple[dict[str, Any], dict[str, list[dict[Counter, int]]]]:
+    """Per route, what was added since ``last`` and ``last_calls``: calls per version, method
+    crossings, calls outside any context, converted results, and the comparison aggregate (a
+    summary's ``routes``, a fleet's evidence); and the call baselines for the next time."""
+    routes: dict[str, Any] = {}
+    baselines: dict[str, list[dict[Counter, int]]] = {}
+    for name in sorted(set(current) | set(tallies)):
+        entry: dict[str, Any] = {}
+        added, baselines[name] = _calls_since(tallies.get(name, []), last_calls.get(name, []))
+        if any(added):
+            entry["calls"] = {"old": added[0], "new": added[1]}
+            entry["crossings"] = added[2]
+            entry["outside_context"] = added[3]
+            if added[4]:
+                entry["results_converted"] = added[4]
+        if name in current:
+            before = last.get(name)
+            if before is not None and before.comparisons > current[name].comparisons:
+                before = None  # the statistics restarted meanwhile
+            delta = current[name].since(before).to_dict()
+            if delta != RouteAggregate(name).to_dict():
+                entry["aggregate"] = delta
+        if entry:
+            routes[name] = entry
+    return routes, baselines
 
 
 def baseline(tally: list[tuple[Counter, list[Counter]]]) -> list[dict[Counter, int]]:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from dualrun.counters import Counter
-from dualrun.journal import _calls_since
+from dualrun.journal import deltas
 from dualrun.recorder import RouteAggregate
 from dualrun.report import Report, RouteReport, route_report
 
@@ -43,27 +43,8 @@ class DeltaTaker:
             tallies = {name: route.tally() for name, route in d.routes.items()}
         if any(name in self._last and name not in current for name in self._last):
             self._last = {}  # a swap restarted the statistics: the aggregate starts from zero
-        routes: dict[str, Any] = {}
-        baselines: dict[str, list[dict[Counter, int]]] = {}
-        for name in sorted(set(current) | set(tallies)):
-            entry: dict[str, Any] = {}
-            added, baselines[name] = _calls_since(
-                tallies.get(name, []), self._last_calls.get(name, [])
-            )
-            if any(added):
-                entry["calls"] = {"old": added[0], "new": added[1]}
-                entry["crossings"] = added[2]
-            if name in current:
-                before = self._last.get(name)
-                if before is not None and before.comparisons > current[name].comparisons:
-                    before = None  # reset meanwhile
-                delta = current[name].since(before).to_dict()
-                if delta != RouteAggregate(name).to_dict():
-                    entry["aggregate"] = delta
-            if entry:
-                routes[name] = entry
+        routes, self._last_calls = deltas(current, tallies, self._last, self._last_calls)
         self._last = current
-        self._last_calls = baselines
         return routes
 
 
