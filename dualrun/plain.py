@@ -89,9 +89,29 @@ def plain_pickle(value: object) -> bytes | None:
 
 
 def same_plain(old: object, new: object) -> bool:
-    """Whether both are plain data with equal pickles (see the module docstring)."""
-    first = plain_pickle(old)
-    return first is not None and first == plain_pickle(new)
+    """Whether both are plain data with equal pickles (see the module docstring): both
+    pickled one after the other into the thread's buffer, and its two halves compared."""
+    local = _local
+    if local.busy:  # re-entered (a signal handler comparing): one pickler each
+        first = plain_pickle(old)
+        return first is not None and first == plain_pickle(new)
+    local.busy = True
+    buffer, pickler = local.buffer, local.pickler
+    try:
+        buffer.seek(0)
+        buffer.truncate()
+        pickler.clear_memo()
+        pickler.dump(old)
+        middle = buffer.tell()
+        pickler.dump(new)
+        data = buffer.getvalue()
+        return data[:middle] == data[middle:]
+    except Exception:  # not plain data, too deep, ...: the caller compares structurally
+        return False
+    finally:
+        local.busy = False
+        if buffer.tell() > _REUSE_LIMIT:
+            local.renew()  # let a large buffer go
 
 
 def copy_by_pickle(value: object) -> Any | None:

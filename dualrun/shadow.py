@@ -307,6 +307,7 @@ class ShadowRunner:
         self._sampled = config.cpu_time is None and not self._paired
         self._clock: Clock = thread_time_ns if self._cpu and not self._sampled else None
         self._hand_off_only = config.mode == "background" and not config.calibrate
+        self._paired_only = self._paired and not config.calibrate
         self._cpu_calls = new_counter()
         # route -> generalised paths seen to be noisy, and the same as rules that match a path
         # and everything below it (compiled again only when a path is learnt)
@@ -375,11 +376,102 @@ class ShadowRunner:
         # runs first must not unload the version this call is about to run.
         next(entered)
         try:
+            if self._paired_only:
+                return self._call_paired(fn, route, label, args, kwargs)
             if self._hand_off_only:
                 return self._call_background(fn, route, label, args, kwargs)
             return self._call_counted(fn, route, label, args, kwargs)
         finally:
             next(left)
+
+    def _call_paired(
+        self,
+        fn: Callable[..., Any],
+        route: Route,
+        label: Label,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """:meth:`_call_counted` for an inline shadow without a timeout or calibration,
+        flattened: both versions run here, in random order, and the call is recorded."""
+        request = current_request.get() or EMPTY
+        copier = self.config.copy
+        try:
+            shadow_args = (args, kwargs) if copier is None else copier(args, kwargs)
+        except BaseException as exc:  # the copy hook: its failure is this call's outcome
+            self.recorder.count(route.target, "skipped", f"copying the arguments: {describe(exc)}")
+            return fn(*args, **kwargs)
+        clock = self._clock
+        runs: Label = "new" if label == "old" else "old"
+        early = None
+        if random.random() < 0.5:
+            try:
+                early = self._run_shadow(route, runs, shadow_args, request, clock)
+            except Exception as exc:  # dualrun's own failure (a closed runner): serve unshadowed
+                self.recorder.count(route.target, "internal_errors", describe(exc))
+                return fn(*args, **kwargs)
+        primary_run = Run(shadow=False)
+        token = current_run.set(primary_run)
+        cpu = 0 if clock is None else clock()
+        wall = perf_counter_ns()
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            wall = perf_counter_ns() - wall
+            cpu = NOT_MEASURED if clock is None else clock() - cpu
+            current_run.reset(token)
+            result = _Result(None, exc, wall, cpu, primary_run)
+            self._compare(route, label, runs, result, (args, kwargs), shadow_args, early, request)
+            raise
+        wall = perf_counter_ns() - wall
+        cpu = NOT_MEASURED if clock is None else clock() - cpu
+        current_run.reset(token)
+        result = _Result(value, None, wall, cpu, primary_run)
+        self._compare(route, label, runs, result, (args, kwargs), shadow_args, early, request)
+        return value
+
+    def _run_shadow(
+        self, route: Route, runs: Label, args: Args, request: RequestContext, clock: Clock
+    ) -> _Result:
+        """One unbounded run of ``runs``'s version in this thread, counted in flight."""
+        fn, entered, left = route.shadow_slots[runs]
+        if route.migrating:
+            fn = _migrating(route, fn, runs)
+        if request is EMPTY:
+            pinned = _PINNED_EMPTY[runs]
+        else:
+            pinned = RequestContext(request.key, runs, request.attrs, {})
+        next(entered)
+        try:
+            return _execute(fn, args, Run(shadow=True), pinned, clock)
+        finally:
+            next(left)
+
+    def _compare(
+        self,
+        route: Route,
+        label: Label,
+        runs: Label,
+        primary: _Result,
+        primary_args: Args,
+        shadow_args: Args,
+        shadow: _Result | None,
+        request: RequestContext,
+    ) -> None:
+        """The rest of a paired call: the shadow run if it did not run first, the comparison
+        and the record. Never raises."""
+        try:
+            if shadow is None:
+                clock = None if primary.cpu_ns == NOT_MEASURED else thread_time_ns
+                shadow = self._run_shadow(route, runs, shadow_args, request, clock)
+            args = primary_args[0]
+            if shadow_args[0] is args and shadow_args[1] is primary_args[1]:
+                self._record(route.target, label, primary, shadow, None, request)
+            else:
+                compared = (primary_args, shadow_args)
+                self._record(route.target, label, primary, shadow, compared, request)
+        except BaseException as exc:  # a hook, a comparator, a repr: never the caller's
+            self._failed(route, exc)
 
     def _call_background(
         self,
@@ -718,8 +810,12 @@ class ShadowRunner:
         if shadow.timed_out:
             status = "timeout"
         else:
-            differ = self.config.differ
-            differences = self._differences(old, new)
+            config = self.config
+            differ = config.differ
+            if config.compare is None and config.clean is None:
+                differences = differ.diff_outcomes(old.value, old.error, new.value, new.error)
+            else:
+                differences = self._differences(old, new)
             if old.run.calls or new.run.calls:
                 differences += diff_side_effects(differ, old.run, new.run)
             if compared_args is not None:
@@ -729,8 +825,9 @@ class ShadowRunner:
                     {"args": new_args[0], "kwargs": new_args[1]},
                     "$arguments",
                 )
-            differences = self.config.ignore.filter(differences)
-            rules = self._noise_rules.get(target) if self.config.calibrate else None
+            if differences:
+                differences = config.ignore.filter(differences)
+            rules = self._noise_rules.get(target) if config.calibrate else None
             if rules is not None:
                 noise = [d for d in differences if rules.matches(d.path)]
                 differences = [d for d in differences if not rules.matches(d.path)]
