@@ -44,6 +44,9 @@ _PREFIX = re.compile(re.escape(PREFIX_ROOT) + r"\d+\.")
 
 _ids = itertools.count(1)
 _meta_path_lock = threading.Lock()
+# CPython 3.11's importlib.invalidate_caches() deletes entries of sys.path_importer_cache it
+# listed first: two threads loading at once could delete the same one (KeyError).
+_invalidate_lock = threading.Lock()
 _real_import = builtins.__import__
 
 
@@ -551,7 +554,8 @@ def _check_packages(name: str, packages: Iterable[str] | None) -> tuple[str, ...
 
 def _locate(label: str, source: str, base: Path, tops: tuple[str, ...]) -> Path:
     """The directory under ``base`` (itself or its ``src/``) that holds all of ``tops``."""
-    importlib.invalidate_caches()
+    with _invalidate_lock:
+        importlib.invalidate_caches()
     candidates = []
     for root in (base, base / "src"):
         if root.is_dir():
