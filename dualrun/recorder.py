@@ -568,6 +568,12 @@ def _group_dict(group: DivergenceGroup) -> dict[str, Any]:
     }
 
 
+# A match kept in its thread's buffer: route, old wall and CPU ns, new wall and CPU ns, when,
+# and the primary's label if only its wall time is comparable.
+_Match = tuple[str, int, int, int, int, float, "str | None"]
+MATCHES_PER_MERGE = 256
+
+
 class Listener(Protocol):
     """Told about each observation in the order they were recorded (the event log)."""
 
@@ -604,6 +610,8 @@ class Recorder:
         self.match_listener: Callable[[str, tuple[int, int], tuple[int, int]], None] | None = None
         self.metrics: Metrics | None = None
         self.redact: Redact | None = None  # the shadow's redactor, set by the shadow runner
+        self._local = threading.local()
+        self._buffers: list[tuple[threading.Thread, list[_Match]]] = []  # see record_match
         forks.register(self)
 
     def after_fork_in_child(self) -> None:
@@ -611,6 +619,35 @@ class Recorder:
         self._lock = threading.Lock()
         self._routes = {}
         self._seq = 0
+        self._local = threading.local()
+        self._buffers = []
+
+    def _new_buffer(self) -> list[_Match]:
+        """This thread's buffer of matches, made and registered on its first match."""
+        pending: list[_Match] = []
+        self._local.pending = pending
+        with self._lock:
+            self._merge_unlocked()  # which also forgets the buffers of threads that ended
+            self._buffers.append((threading.current_thread(), pending))
+        return pending
+
+    def _merge_unlocked(self) -> None:
+        """Add every thread's buffered matches to the aggregates; the caller holds the lock.
+
+        Exact under any interleaving: only a merger (one at a time, under the lock) removes
+        from a buffer, and only the matches it has read; its thread only appends, after them."""
+        kept: list[tuple[threading.Thread, list[_Match]]] = []
+        for thread, pending in self._buffers:
+            taken = len(pending)
+            if taken:
+                for route, old_wall, old_cpu, new_wall, new_cpu, when, only in pending[:taken]:
+                    aggregate = self._route(route)
+                    aggregate.compared(old_wall, old_cpu, new_wall, new_cpu, when, only)
+                    aggregate.matches += 1
+                del pending[:taken]
+            if pending or thread.is_alive():
+                kept.append((thread, pending))
+        self._buffers = kept
 
     def _route(self, route: str) -> RouteAggregate:
         aggregate = self._routes.get(route)
@@ -639,12 +676,18 @@ class Recorder:
         new_cpu: int,
         primary_only: str | None = None,
     ) -> None:
-        """The common case, kept cheap: both versions agreed and nothing else happened."""
-        when = time.time()
-        with self._lock:
-            aggregate = self._route(route)
-            aggregate.compared(old_wall, old_cpu, new_wall, new_cpu, when, primary_only)
-            aggregate.matches += 1
+        """The common case, kept cheap: both versions agreed and nothing else happened. Kept
+        in this thread's own buffer, without a lock, and added to the aggregates under the lock
+        when the buffer is full and before anyone reads them (see :meth:`_merge_unlocked`)."""
+        match = (route, old_wall, old_cpu, new_wall, new_cpu, time.time(), primary_only)
+        try:
+            pending: list[_Match] = self._local.pending
+        except AttributeError:
+            pending = self._new_buffer()
+        pending.append(match)
+        if len(pending) >= MATCHES_PER_MERGE:
+            with self._lock:
+                self._merge_unlocked()
         if self.match_listener is not None:
             self.match_listener(route, (old_wall, old_cpu), (new_wall, new_cpu))
         if self.metrics is not None:
@@ -666,6 +709,7 @@ class Recorder:
     def snapshot(self) -> dict[str, RouteAggregate]:
         """A consistent deep copy of every route's aggregate."""
         with self._lock:
+            self._merge_unlocked()
             return copy.deepcopy(self._routes)
 
     def reset(self) -> None:
@@ -675,6 +719,8 @@ class Recorder:
 
     def reset_unlocked(self) -> None:
         """:meth:`reset` for a caller that holds :meth:`locked`."""
+        for _, pending in self._buffers:
+            del pending[: len(pending)]  # matches of before: forgotten with the rest
         self._routes.clear()
 
     def locked(self) -> threading.Lock:
@@ -688,4 +734,5 @@ class Recorder:
 
     def copy_unlocked(self) -> dict[str, RouteAggregate]:
         """A deep copy of the aggregates; the caller holds :meth:`locked`."""
+        self._merge_unlocked()
         return copy.deepcopy(self._routes)

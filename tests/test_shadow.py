@@ -1307,3 +1307,45 @@ def test_redact_sees_every_key_and_value_before_it_is_recorded_or_logged(
     assert "alice" not in text and "'price': 10" not in text and "<key>" in text
     with pytest.raises(ValueError, match="redact is a callable"):
         dualrun.Shadow(redact="hash")  # type: ignore[arg-type]
+
+
+def test_counts_are_exact_with_many_threads_switching_at_every_instruction(lab: Lab) -> None:
+    """Matches are kept per thread without a lock and merged when read: none lost, none twice,
+    while readers snapshot, threads end (their buffers are merged, then forgotten), and every
+    thread switches as often as the interpreter can."""
+    import sys
+
+    versions = lab.pair("def f(x):\n    return x\n", "def f(x):\n    return x if x % 97 else -x\n")
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow())
+    f = d.route(lab.target("f"))
+    calls, threads = 700, 12
+    snapshots: list[int] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+
+        def work() -> None:
+            for n in range(calls):
+                f(n)
+
+        def read() -> None:
+            for _ in range(30):
+                snapshots.append(route_report(d, lab.target("f")).comparisons)
+
+        pool = [threading.Thread(target=work) for _ in range(threads)]
+        reader = threading.Thread(target=read)
+        for thread in [*pool, reader]:
+            thread.start()
+        for thread in [*pool, reader]:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    report = route_report(d, lab.target("f"))
+    mismatches = threads * len(range(97, calls, 97))  # 0 == -0
+    assert (report.comparisons, report.mismatches) == (threads * calls, mismatches)
+    assert report.matches == threads * calls - mismatches
+    assert snapshots == sorted(snapshots)  # what a reader saw never went back
+    assert len(d.recorder._buffers) <= 1  # the ended threads' buffers are gone
+    d.recorder.reset()
+    f(1)
+    assert route_report(d, lab.target("f")).comparisons == 1
