@@ -3,9 +3,9 @@
 ``submit`` appends to a deque (atomic under the GIL, no lock) after a check of its length; when
 it holds ``bound`` jobs, the job is refused and the caller counts it as dropped. Under
 concurrent submitters the bound may be passed by a few jobs. Busy workers take the next job
-without being woken; only a worker that found the queue empty parks, and a submit wakes one
-parked worker (a parked worker also looks again every ``PARK_SECONDS``, so a wake-up lost to a
-race only delays a job).
+without being woken; a worker that found the queue empty looks again every millisecond for a
+while, then parks, and a submit wakes one parked worker (a parked worker also looks again every
+``PARK_SECONDS``, so a wake-up lost to a race only delays a job).
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from dualrun.counters import new_counter, peek
 Job = Callable[[], None]
 _STOP = object()
 PARK_SECONDS = 0.5
+POLL_SECONDS = 0.001  # how often a worker that ran out of jobs looks for more, at first
+IDLE_SECONDS = 0.05  # how long it does so before it parks
+POLLS = round(IDLE_SECONDS / POLL_SECONDS)
 
 
 def _call(job: Any) -> None:
@@ -116,8 +119,15 @@ class WorkerPool:
                 next(self._finished)
 
     def _park(self, wake: threading.Event) -> None:
-        """Wait for a job: told by a submit that sees this worker parked (it looks again
-        after parking, so a job queued meanwhile is not missed), or after PARK_SECONDS."""
+        """Wait for a job: first by looking every POLL_SECONDS for IDLE_SECONDS (a submit
+        costs the caller nothing then), then parked, told by a submit that sees this worker
+        parked (it looks again after parking, so a job queued meanwhile is not missed), or
+        after PARK_SECONDS."""
+        queue = self._queue
+        for _ in range(POLLS):
+            time.sleep(POLL_SECONDS)
+            if queue:
+                return
         wake.clear()
         parked = self._parked
         parked.append(wake)

@@ -251,13 +251,14 @@ def test_flush_returns_false_when_no_worker_is_left_to_run_the_queue() -> None:
 
 
 def test_an_idle_pool_wakes_for_a_job_at_once() -> None:
-    from dualrun.workers import PARK_SECONDS, WorkerPool
+    from dualrun.workers import IDLE_SECONDS, PARK_SECONDS, WorkerPool
 
     pool = WorkerPool(2, 10, "test-pool")
     try:
         assert pool.submit(lambda: None) and pool.join(5)
-        time.sleep(0.05)  # both workers park
-        for _ in range(20):
+        for n in range(10):
+            if n % 2 == 0:
+                time.sleep(IDLE_SECONDS + 0.05)  # both workers stop looking and park
             done = threading.Event()
             started = time.monotonic()
             assert pool.submit(done.set)
