@@ -12,20 +12,53 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dualrun.counters import Counter, peek
 from dualrun.eventlog import EventLog
-from dualrun.recorder import Observation, RouteAggregate
+from dualrun.recorder import Observation, Recorder, RouteAggregate
 
 if TYPE_CHECKING:
-    from dualrun.dispatcher import Dispatcher
+    from dualrun.loading import Version
+
+
+class Tallied(Protocol):
+    """A route as a summary counts its calls (:meth:`dualrun.routing.Route.tally`)."""
+
+    def tally(self) -> list[tuple[Counter, list[Counter]]]: ...
+
+
+class JournalHost(Protocol):
+    """What a journal reads of its dispatcher (a :class:`dualrun.Dispatcher`): its recorder,
+    versions and routes, its policy errors, and the policy and shadow settings (only their
+    repr goes into events)."""
+
+    @property
+    def recorder(self) -> Recorder: ...
+
+    @property
+    def versions(self) -> Iterable[Version]: ...
+
+    @property
+    def routes(self) -> Mapping[str, Tallied]: ...
+
+    @property
+    def policy(self) -> object: ...
+
+    @property
+    def shadow(self) -> object: ...
+
+    @property
+    def last_policy_error(self) -> str | None: ...
+
+    def policy_error_count(self) -> int: ...
 
 
 class Journal:
     """Connects one dispatcher to one :class:`~dualrun.eventlog.EventLog`."""
 
-    def __init__(self, dispatcher: Dispatcher, log: EventLog) -> None:
+    def __init__(self, dispatcher: JournalHost, log: EventLog) -> None:
         self._dispatcher = dispatcher
         self.log = log
         self._last: dict[str, RouteAggregate] = {}

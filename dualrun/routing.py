@@ -9,8 +9,8 @@ grows with history.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dualrun.context import Label, RequestContext, current_request, other
 from dualrun.counters import Counter, new_counter, peek
@@ -18,8 +18,9 @@ from dualrun.errors import TargetNotFoundError
 from dualrun.targets import Found, Kind, find
 
 if TYPE_CHECKING:
-    from dualrun.dispatcher import Dispatcher
-    from dualrun.loading import Version
+    from dualrun.loading import Version, VersionPair
+    from dualrun.recording import Tap
+    from dualrun.shadow import ShadowRunner
 
 Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
 
@@ -37,6 +38,43 @@ def _flavour(fn: Any) -> str:
 Slot = tuple[Any, Counter, Counter]  # (callable, entered, left)
 
 
+class RouteHost(Protocol):
+    """What a route reads of its dispatcher (a :class:`dualrun.Dispatcher`): the versions
+    live now, the migration hooks, and what the routed call decides with (the decision
+    function and the state it inlines) and hands calls to (the shadow runner, the tap)."""
+
+    @property
+    def live_versions(self) -> VersionPair: ...
+
+    @property
+    def migrations(self) -> Mapping[tuple[Label, Label], Callable[[Any], Any]]: ...
+
+    @property
+    def results_as(self) -> Label | None: ...
+
+    @property
+    def _first_call(self) -> bool: ...
+
+    @property
+    def _fixed(self) -> Label | None: ...
+
+    @property
+    def _pins_honored(self) -> bool: ...
+
+    @property
+    def _epoch(self) -> object: ...
+
+    @property
+    def _shadow(self) -> ShadowRunner | None: ...
+
+    @property
+    def _tap(self) -> Tap | None: ...
+
+    def _decide(self, request: RequestContext | None) -> Label: ...
+
+    def _first_routed_call(self) -> None: ...
+
+
 class Route:
     """One routed target: per-version callables and per-version counts.
 
@@ -46,7 +84,7 @@ class Route:
     reads once per call.
     """
 
-    def __init__(self, dispatcher: Dispatcher, target: str) -> None:
+    def __init__(self, dispatcher: RouteHost, target: str) -> None:
         self.target = target
         self._dispatcher = dispatcher
         versions = dispatcher.live_versions

@@ -15,10 +15,10 @@ import re
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import Context, ContextVar, copy_context
 from time import perf_counter_ns, thread_time_ns
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from dualrun import checks
 from dualrun.compare import (
@@ -31,7 +31,7 @@ from dualrun.compare import (
     short_repr,
 )
 from dualrun.context import EMPTY, Label, RequestContext, check_label, current_request, other
-from dualrun.counters import new_counter
+from dualrun.counters import Counter, new_counter
 from dualrun.plain import copy_by_pickle
 from dualrun.policy import stable_bucket
 from dualrun.recorder import (
@@ -46,8 +46,28 @@ from dualrun.redaction import redact_path
 from dualrun.sideeffects import Run, current_run, diff_side_effects
 from dualrun.workers import WorkerPool
 
-if TYPE_CHECKING:
-    from dualrun.routing import Route
+
+class ShadowedRoute(Protocol):
+    """What a shadow run needs of its route (a :class:`dualrun.routing.Route`): the target's
+    name, the callable and counters each label runs (serving and as a shadow), and the
+    migration of arguments into a version."""
+
+    @property
+    def target(self) -> str: ...
+
+    @property
+    def slots(self) -> Mapping[Label, tuple[Any, Counter, Counter]]: ...
+
+    @property
+    def shadow_slots(self) -> Mapping[Label, tuple[Any, Counter, Counter]]: ...
+
+    @property
+    def migrating(self) -> bool: ...
+
+    def migrate_arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], label: Label
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]: ...
+
 
 Args = tuple[tuple[Any, ...], dict[str, Any]]
 Clock = Callable[[], int] | None  # None: CPU time not measured
@@ -197,7 +217,7 @@ def _shadow_request(request: RequestContext, label: Label) -> RequestContext:
     return RequestContext(request.key, label, request.attrs, {})
 
 
-def _migrating(route: Route, fn: Callable[..., Any], label: Label) -> Callable[..., Any]:
+def _migrating(route: ShadowedRoute, fn: Callable[..., Any], label: Label) -> Callable[..., Any]:
     """``fn`` on arguments converted for ``label``'s version by the migration hooks, inside
     the run: a hook that fails is that run's outcome."""
 
@@ -368,7 +388,7 @@ class ShadowRunner:
     # -- sync calls ---------------------------------------------------------------------------
 
     def call(
-        self, route: Route, label: Label, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, route: ShadowedRoute, label: Label, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """Serve ``label``'s result for this call and shadow it with the other version."""
         fn, entered, left = route.slots[label]
@@ -387,7 +407,7 @@ class ShadowRunner:
     def _call_paired(
         self,
         fn: Callable[..., Any],
-        route: Route,
+        route: ShadowedRoute,
         label: Label,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -431,7 +451,7 @@ class ShadowRunner:
         return value
 
     def _run_shadow(
-        self, route: Route, runs: Label, args: Args, request: RequestContext, clock: Clock
+        self, route: ShadowedRoute, runs: Label, args: Args, request: RequestContext, clock: Clock
     ) -> _Result:
         """One unbounded run of ``runs``'s version in this thread, counted in flight."""
         fn, entered, left = route.shadow_slots[runs]
@@ -449,7 +469,7 @@ class ShadowRunner:
 
     def _compare(
         self,
-        route: Route,
+        route: ShadowedRoute,
         label: Label,
         runs: Label,
         primary: _Result,
@@ -476,7 +496,7 @@ class ShadowRunner:
     def _call_background(
         self,
         fn: Callable[..., Any],
-        route: Route,
+        route: ShadowedRoute,
         label: Label,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -520,7 +540,7 @@ class ShadowRunner:
     def _call_counted(
         self,
         fn: Callable[..., Any],
-        route: Route,
+        route: ShadowedRoute,
         label: Label,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -561,7 +581,7 @@ class ShadowRunner:
         return value
 
     def _prepare(
-        self, route: Route, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, route: ShadowedRoute, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[Args, Args | None] | None:
         """The shadow's own arguments (and the calibration run's), or None to skip shadowing."""
         copier = self.config.copy
@@ -587,7 +607,7 @@ class ShadowRunner:
 
     def _after(
         self,
-        route: Route,
+        route: ShadowedRoute,
         label: Label,
         primary: _Result,
         primary_args: Args,
@@ -607,7 +627,7 @@ class ShadowRunner:
 
     def _hand_off(
         self,
-        route: Route,
+        route: ShadowedRoute,
         label: Label,
         primary: _PrimaryRun,
         args: tuple[Any, ...],
@@ -659,7 +679,7 @@ class ShadowRunner:
 
     def _shadow_sync(
         self,
-        route: Route,
+        route: ShadowedRoute,
         label: Label,
         args: Args,
         request: RequestContext,
@@ -722,7 +742,7 @@ class ShadowRunner:
 
     def _finish(
         self,
-        route: Route,
+        route: ShadowedRoute,
         label: Label,
         primary: _Result,
         primary_args: Args,
@@ -748,7 +768,7 @@ class ShadowRunner:
 
     def _conclude(
         self,
-        route: Route,
+        route: ShadowedRoute,
         label: Label,
         primary: _Result,
         shadow: _Result,
@@ -907,7 +927,7 @@ class ShadowRunner:
     # -- async calls -------------------------------------------------------------------------
 
     async def call_async(
-        self, route: Route, label: Label, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, route: ShadowedRoute, label: Label, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """The async counterpart of :meth:`call`: the shadow is a task on the same loop."""
         fn, entered, left = route.slots[label]
@@ -920,7 +940,7 @@ class ShadowRunner:
     async def _call_async_counted(
         self,
         fn: Callable[..., Any],
-        route: Route,
+        route: ShadowedRoute,
         label: Label,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -972,7 +992,7 @@ class ShadowRunner:
 
     async def _shadow_async(
         self,
-        route: Route,
+        route: ShadowedRoute,
         label: Label,
         args: Args,
         request: RequestContext,
@@ -998,7 +1018,7 @@ class ShadowRunner:
 
     async def _finish_async(
         self,
-        route: Route,
+        route: ShadowedRoute,
         label: Label,
         primary: _Result,
         primary_args: Args,
@@ -1024,7 +1044,7 @@ class ShadowRunner:
         except BaseException as exc:  # a hook, a comparator, a repr: never the caller's
             self._failed(route, exc)
 
-    def _failed(self, route: Route, exc: BaseException) -> None:
+    def _failed(self, route: ShadowedRoute, exc: BaseException) -> None:
         """Record a failure of the comparison or its hooks as this run's outcome."""
         if not _claimed():
             return
@@ -1056,7 +1076,7 @@ class ShadowRunner:
 # The primary's run of a call: value, exception, wall ns, CPU ns, side effects.
 _PrimaryRun = tuple[Any, "BaseException | None", int, int, Run]
 # A queued background shadow run: see ShadowRunner._hand_off.
-_Job = tuple["Route", Label, _PrimaryRun, Args, Args, "Args | None", RequestContext, Context]
+_Job = tuple[ShadowedRoute, Label, _PrimaryRun, Args, Args, "Args | None", RequestContext, Context]
 
 
 class _Queued:
