@@ -70,6 +70,25 @@ def _unreplayable(call: RecordedCall) -> str | None:
     return f"an argument of type {missing.type} was not recorded faithfully ({missing.repr})"
 
 
+class _Skips:
+    """Calls that cannot be replayed: each counted for its route in the report, and in all."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.count = 0
+
+    def unreplayable(self, call: RecordedCall) -> bool:
+        """Skip (and count) a call with an argument that was not recorded faithfully."""
+        why = _unreplayable(call)
+        if why is not None:
+            self(call.route, why)
+        return why is not None
+
+    def __call__(self, route: str, why: str) -> None:
+        self.count += 1
+        self.recorder.count(route, "skipped", why)
+
+
 def _key(call: RecordedCall) -> Any:
     return call.key if isinstance(call.key, str | int) else None
 
@@ -79,21 +98,17 @@ def replay(
 ) -> Replayed:
     """Run every call through old and new and compare, as an inline shadow does."""
     loop = asyncio.new_event_loop()
-    replayed = skipped = 0
+    replayed = 0
     started = time.perf_counter()
     with Agreement(versions, shadow) as agreement:
-        recorder = agreement.dispatcher.recorder
+        skip = _Skips(agreement.dispatcher.recorder)
         for call in calls:
-            why = _unreplayable(call)
-            if why is not None:
-                skipped += 1
-                recorder.count(call.route, "skipped", why)
+            if skip.unreplayable(call):
                 continue
             try:
                 routed = agreement.route(call.route)
             except (TargetNotFoundError, ImportError) as exc:  # a route of another package
-                skipped += 1
-                recorder.count(call.route, "skipped", f"not in these versions: {describe(exc)}")
+                skip(call.route, f"not in these versions: {describe(exc)}")
                 continue
             # Old's exception is compared with new's by the shadow, not raised here.
             with context(key=_key(call), pin="old"), contextlib.suppress(Exception):
@@ -102,7 +117,7 @@ def replay(
         seconds = time.perf_counter() - started
         report = agreement.dispatcher.report()
     loop.close()
-    return Replayed(report, replayed, skipped, seconds)
+    return Replayed(report, replayed, skip.count, seconds)
 
 
 def _as_recorded(value: Any, error: BaseException | None) -> tuple[Any, BaseException | None]:
@@ -121,21 +136,18 @@ def replay_against_recorded(
     runner = ShadowRunner(inline_shadow(shadow), recorder)
     functions: dict[str, Callable[..., Any]] = {}
     counts: dict[str, int] = {}
-    replayed = skipped = 0
+    replayed = 0
+    skip = _Skips(recorder)
     started = time.perf_counter()
     for call in calls:
-        why = _unreplayable(call)
-        if why is not None:
-            skipped += 1
-            recorder.count(call.route, "skipped", why)
+        if skip.unreplayable(call):
             continue
         fn = functions.get(call.route)
         if fn is None:
             try:
                 fn = functions[call.route] = new.resolve(call.route)
             except (TargetNotFoundError, ImportError, AttributeError) as exc:
-                skipped += 1
-                recorder.count(call.route, "skipped", f"not in this version: {describe(exc)}")
+                skip(call.route, f"not in this version: {describe(exc)}")
                 continue
         began = time.perf_counter_ns()
         value: Any = None
@@ -161,7 +173,7 @@ def replay_against_recorded(
         for name, agg in sorted(aggregates.items())
     ]
     return Replayed(
-        Report("replay against the recorded results", routes), replayed, skipped, seconds
+        Report("replay against the recorded results", routes), replayed, skip.count, seconds
     )
 
 
