@@ -328,8 +328,8 @@ class Route:
         ) -> Any:
             """The call after its decision: shadowed if sampled (a recorded call's path)."""
             shadow = dispatcher._shadow
-            if shadowable and shadow is not None and shadow.wants(label, request):
-                return shadow.call(self, label, args, kwargs)
+            if shadowable and shadow is not None:
+                return shadow.serve(self, label, request, args, kwargs)
             fn, entered, left = slots[label]
             next(entered)
             try:
@@ -383,8 +383,8 @@ class Route:
                         kwargs,
                     )
                 shadow = dispatcher._shadow
-                if shadow is not None and shadow.wants(label, request):
-                    return shadow.call(self, label, args, kwargs)
+                if shadow is not None:
+                    return shadow.serve(self, label, request, args, kwargs)
                 fn, entered, left = slots[label]
                 next(entered)
                 try:
@@ -413,8 +413,8 @@ class Route:
                     )
                 else:
                     shadow = dispatcher._shadow
-                    if shadowable and shadow is not None and shadow.wants(label, get_request()):
-                        result = shadow.call(self, label, full, kwargs)
+                    if shadowable and shadow is not None:
+                        result = shadow.serve(self, label, get_request(), full, kwargs)
                     else:
                         fn, entered, left = slots[label]
                         next(entered)

@@ -21,6 +21,7 @@ from time import perf_counter_ns, thread_time_ns
 from typing import Any, Protocol
 
 from dualrun import checks
+from dualrun import sideeffects as _sideeffects
 from dualrun.compare import (
     Differ,
     Difference,
@@ -43,7 +44,7 @@ from dualrun.recorder import (
     Recorder,
 )
 from dualrun.redaction import redact_path
-from dualrun.sideeffects import Run, current_run, diff_side_effects
+from dualrun.sideeffects import PRIMARY_RUN, SHADOW_RUN, Run, current_run, diff_side_effects
 from dualrun.workers import WorkerPool
 
 
@@ -81,17 +82,17 @@ CPU_SAMPLE = 1.0
 MAX_WORKERS = 256  # threads a shadow may start (twice: the pool and the timeout helpers)
 
 
+def _immutable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether every argument is an immutable atom (nothing to copy)."""
+    return _IMMUTABLE.issuperset(map(type, args)) and (
+        not kwargs or _IMMUTABLE.issuperset(map(type, kwargs.values()))
+    )
+
+
 def copy_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Args:
     """Deep copy of the arguments, skipped when every argument is an immutable atom."""
-    for value in args:
-        if type(value) not in _IMMUTABLE:
-            break
-    else:
-        for value in kwargs.values():
-            if type(value) not in _IMMUTABLE:
-                break
-        else:
-            return args, kwargs
+    if _immutable(args, kwargs):
+        return args, kwargs
     # A pickle round trip where it copies as deepcopy would: several times faster.
     copied: Args | None = copy_by_pickle((args, kwargs))
     if copied is None:
@@ -233,6 +234,33 @@ def _shared(first: Args, second: Args) -> bool:
     return first[0] is second[0] and first[1] is second[1]
 
 
+def _run_version(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    run: Run,
+    request: RequestContext | None,
+    clock: Clock,
+) -> tuple[Any, BaseException | None, int, int]:
+    """Run one version: its value, its exception, wall and CPU ns. Whatever it raises
+    (``SystemExit`` and ``KeyboardInterrupt`` included) is its outcome, never the caller's.
+    ``request``: the request as the run sees it (None: the caller's, unchanged)."""
+    run_token = current_run.set(run)
+    request_token = None if request is None else current_request.set(request)
+    cpu = 0 if clock is None else clock()
+    wall = perf_counter_ns()
+    try:
+        value, error = fn(*args, **kwargs), None
+    except BaseException as exc:
+        value, error = None, exc
+    wall = perf_counter_ns() - wall
+    cpu = NOT_MEASURED if clock is None else clock() - cpu
+    if request_token is not None:
+        current_request.reset(request_token)
+    current_run.reset(run_token)
+    return value, error, wall, cpu
+
+
 def _execute(
     fn: Callable[..., Any],
     args: Args,
@@ -240,21 +268,8 @@ def _execute(
     request: RequestContext,
     clock: Clock = thread_time_ns,
 ) -> _Result:
-    """Run one version on its own arguments; whatever it raises (``SystemExit`` and
-    ``KeyboardInterrupt`` included) is its outcome, never the caller's."""
-    run_token = current_run.set(run)
-    request_token = current_request.set(request)
-    cpu = 0 if clock is None else clock()
-    wall = perf_counter_ns()
-    try:
-        value, error = fn(*args[0], **args[1]), None
-    except BaseException as exc:
-        value, error = None, exc
-    wall = perf_counter_ns() - wall
-    cpu = NOT_MEASURED if clock is None else clock() - cpu
-    current_request.reset(request_token)
-    current_run.reset(run_token)
-    return _Result(value, error, wall, cpu, run)
+    """:func:`_run_version` on ``args``, as a result."""
+    return _Result(*_run_version(fn, args[0], args[1], run, request, clock), run)
 
 
 def _cancelling() -> bool:
@@ -327,6 +342,12 @@ class ShadowRunner:
         self._sampled = config.cpu_time is None and not self._paired
         self._clock: Clock = thread_time_ns if self._cpu and not self._sampled else None
         self._hand_off_only = config.mode == "background" and not config.calibrate
+        # wants() without sampling: every call served by the primary's label (or any label)
+        self._every_call = config.sample >= 100
+        primary = config.primary
+        self._unshadowed = None if primary == "any" else other(check_label(primary, "primary"))
+        # plain differ rules: a match needs no hook, so it can be told without an observation
+        self._plain_compare = config.compare is None and config.clean is None
         self._paired_only = self._paired and not config.calibrate
         self._cpu_calls = new_counter()
         # route -> generalised paths seen to be noisy, and the same as rules that match a path
@@ -387,154 +408,175 @@ class ShadowRunner:
 
     # -- sync calls ---------------------------------------------------------------------------
 
-    def call(
-        self, route: ShadowedRoute, label: Label, args: tuple[Any, ...], kwargs: dict[str, Any]
+    def serve(
+        self,
+        route: ShadowedRoute,
+        label: Label,
+        request: RequestContext | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> Any:
-        """Serve ``label``'s result for this call and shadow it with the other version."""
+        """Serve a call routed to ``label``: shadowed with the other version if this runner
+        wants it (see :meth:`wants`), else plainly."""
+        if self._every_call:  # wants(), inlined for the common configuration
+            wanted = label != self._unshadowed and current_run.get() is None
+        else:
+            wanted = self.wants(label, request)
         fn, entered, left = route.slots[label]
         # In flight from the moment the version is chosen: a promote or swap while the shadow
         # runs first must not unload the version this call is about to run.
         next(entered)
         try:
+            if not wanted:
+                return fn(*args, **kwargs)
             if self._paired_only:
-                return self._call_paired(fn, route, label, args, kwargs)
+                return self._call_paired(fn, route, label, request or EMPTY, args, kwargs)
             if self._hand_off_only:
-                return self._call_background(fn, route, label, args, kwargs)
+                return self._call_background(fn, route, label, request or EMPTY, args, kwargs)
             return self._call_counted(fn, route, label, args, kwargs)
         finally:
             next(left)
+
+    def _shadow_arguments(
+        self, route: ShadowedRoute, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Args | None:
+        """The shadow's own arguments (see ``Shadow(copy=...)``), or None if they could not be
+        made: the call is then served unshadowed and counted as skipped."""
+        copier = self.config.copy
+        if copier is None or (copier is copy_arguments and _immutable(args, kwargs)):
+            return args, kwargs
+        try:
+            return copier(args, kwargs)
+        except BaseException as exc:  # the copy hook: its failure is this call's outcome
+            self.recorder.count(route.target, "skipped", f"copying the arguments: {describe(exc)}")
+            return None
 
     def _call_paired(
         self,
         fn: Callable[..., Any],
         route: ShadowedRoute,
         label: Label,
+        request: RequestContext,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
         """:meth:`_call_counted` for an inline shadow without a timeout or calibration,
-        flattened: both versions run here, in random order, and the call is recorded."""
-        request = current_request.get() or EMPTY
-        copier = self.config.copy
-        try:
-            shadow_args = (args, kwargs) if copier is None else copier(args, kwargs)
-        except BaseException as exc:  # the copy hook: its failure is this call's outcome
-            self.recorder.count(route.target, "skipped", f"copying the arguments: {describe(exc)}")
+        flattened: both versions run here, in random order; a match of plain results is
+        recorded without building any observation."""
+        copied = self._shadow_arguments(route, args, kwargs)
+        if copied is None:
             return fn(*args, **kwargs)
-        clock = self._clock
+        shadow_args, shadow_kwargs = copied
         runs: Label = "new" if label == "old" else "old"
-        early = None
-        if random.random() < 0.5:
-            try:
-                early = self._run_shadow(route, runs, shadow_args, request, clock)
-            except Exception as exc:  # dualrun's own failure (a closed runner): serve unshadowed
-                self.recorder.count(route.target, "internal_errors", describe(exc))
-                return fn(*args, **kwargs)
-        primary_run = Run(shadow=False)
-        token = current_run.set(primary_run)
-        cpu = 0 if clock is None else clock()
-        wall = perf_counter_ns()
         try:
-            value = fn(*args, **kwargs)
-        except BaseException as exc:
-            wall = perf_counter_ns() - wall
-            cpu = NOT_MEASURED if clock is None else clock() - cpu
-            current_run.reset(token)
-            result = _Result(None, exc, wall, cpu, primary_run)
-            self._compare(route, label, runs, result, (args, kwargs), shadow_args, early, request)
-            raise
-        wall = perf_counter_ns() - wall
-        cpu = NOT_MEASURED if clock is None else clock() - cpu
-        current_run.reset(token)
-        result = _Result(value, None, wall, cpu, primary_run)
-        self._compare(route, label, runs, result, (args, kwargs), shadow_args, early, request)
-        return value
-
-    def _run_shadow(
-        self, route: ShadowedRoute, runs: Label, args: Args, request: RequestContext, clock: Clock
-    ) -> _Result:
-        """One unbounded run of ``runs``'s version in this thread, counted in flight."""
-        fn, entered, left = route.shadow_slots[runs]
-        if route.migrating:
-            fn = _migrating(route, fn, runs)
+            shadow_fn, entered, left = route.shadow_slots[runs]
+            if route.migrating:
+                shadow_fn = _migrating(route, shadow_fn, runs)
+        except Exception as exc:  # dualrun's own failure (a closed runner): serve unshadowed
+            self.recorder.count(route.target, "internal_errors", describe(exc))
+            return fn(*args, **kwargs)
         if request is EMPTY:
             pinned = _PINNED_EMPTY[runs]
         else:
             pinned = RequestContext(request.key, runs, request.attrs, {})
-        next(entered)
-        try:
-            return _execute(fn, args, Run(shadow=True), pinned, clock)
-        finally:
-            next(left)
-
-    def _compare(
-        self,
-        route: ShadowedRoute,
-        label: Label,
-        runs: Label,
-        primary: _Result,
-        primary_args: Args,
-        shadow_args: Args,
-        shadow: _Result | None,
-        request: RequestContext,
-    ) -> None:
-        """The rest of a paired call: the shadow run if it did not run first, the comparison
-        and the record. Never raises."""
+        if _sideeffects.guarded:
+            primary_run, shadow_run = Run(shadow=False), Run(shadow=True)
+        else:
+            primary_run, shadow_run = PRIMARY_RUN, SHADOW_RUN
+        clock = self._clock
+        shadow = None
+        if random.random() < 0.5:
+            next(entered)
+            try:
+                shadow = _run_version(
+                    shadow_fn, shadow_args, shadow_kwargs, shadow_run, pinned, clock
+                )
+            finally:
+                next(left)
+        value, error, wall, cpu = _run_version(fn, args, kwargs, primary_run, None, clock)
         try:
             if shadow is None:
-                clock = None if primary.cpu_ns == NOT_MEASURED else thread_time_ns
-                shadow = self._run_shadow(route, runs, shadow_args, request, clock)
-            args = primary_args[0]
-            if shadow_args[0] is args and shadow_args[1] is primary_args[1]:
-                self._record(route.target, label, primary, shadow, None, request)
+                next(entered)
+                try:
+                    shadow = _run_version(
+                        shadow_fn, shadow_args, shadow_kwargs, shadow_run, pinned, clock
+                    )
+                finally:
+                    next(left)
+            shared = shadow_args is args and shadow_kwargs is kwargs
+            effects = bool(primary_run.calls or shadow_run.calls)
+            if effects or not self._matched(value, error, shadow, shared, args, kwargs, copied):
+                self._record(
+                    route.target,
+                    label,
+                    _Result(value, error, wall, cpu, primary_run),
+                    _Result(*shadow, shadow_run),
+                    None if shared else ((args, kwargs), copied),
+                    request,
+                )
+            elif label == "old":
+                self.recorder.record_match(route.target, wall, cpu, shadow[2], shadow[3], None)
             else:
-                compared = (primary_args, shadow_args)
-                self._record(route.target, label, primary, shadow, compared, request)
+                self.recorder.record_match(route.target, shadow[2], shadow[3], wall, cpu, None)
         except BaseException as exc:  # a hook, a comparator, a repr: never the caller's
             self._failed(route, exc)
+        if error is not None:
+            raise error
+        return value
+
+    def _matched(
+        self,
+        value: Any,
+        error: BaseException | None,
+        shadow: tuple[Any, BaseException | None, int, int],
+        shared: bool,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        copied: Args,
+    ) -> bool:
+        """Whether a paired call without side effects is a plain match: both returned equal
+        values by the differ's rules (no compare or clean hook) and their arguments ended
+        equal. False leaves the verdict to :meth:`_record`."""
+        if error is not None or shadow[1] is not None or not self._plain_compare:
+            return False
+        other_value = shadow[0]
+        kind = type(value)
+        if kind is not type(other_value):
+            return False
+        if (
+            value is not other_value
+            and not (kind in _IMMUTABLE and value == other_value)
+            and self.config.differ.diff(value, other_value)
+        ):
+            return False
+        return shared or not self.config.differ.diff((args, kwargs), copied)
 
     def _call_background(
         self,
         fn: Callable[..., Any],
         route: ShadowedRoute,
         label: Label,
+        request: RequestContext,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
         """:meth:`_call_counted` for a background shadow that does not calibrate, flattened:
         the caller copies the arguments, runs its version and queues a tuple; nothing more."""
-        request = current_request.get() or EMPTY
-        copier = self.config.copy
-        try:
-            shadow_args = (args, kwargs) if copier is None else copier(args, kwargs)
-        except BaseException as exc:  # the copy hook: its failure is this call's outcome
-            self.recorder.count(route.target, "skipped", f"copying the arguments: {describe(exc)}")
+        shadow_args = self._shadow_arguments(route, args, kwargs)
+        if shadow_args is None:
             return fn(*args, **kwargs)
         clock = self._clock  # _call_clock(), inlined
         if self._sampled and (
             next(self._cpu_calls) < CPU_FIRST_CALLS or random.random() * 100 < CPU_SAMPLE
         ):
             clock = thread_time_ns
-        run = Run(shadow=False)
-        token = current_run.set(run)
-        cpu = 0 if clock is None else clock()
-        wall = perf_counter_ns()
-        try:
-            value = fn(*args, **kwargs)
-        except BaseException as exc:
-            wall = perf_counter_ns() - wall
-            cpu = NOT_MEASURED if clock is None else clock() - cpu
-            current_run.reset(token)
-            self._hand_off(
-                route, label, (None, exc, wall, cpu, run), args, kwargs, shadow_args, request
-            )
-            raise
-        wall = perf_counter_ns() - wall
-        cpu = NOT_MEASURED if clock is None else clock() - cpu
-        current_run.reset(token)
+        run = Run(shadow=False) if _sideeffects.guarded else PRIMARY_RUN
+        value, error, wall, cpu = _run_version(fn, args, kwargs, run, None, clock)
         self._hand_off(
-            route, label, (value, None, wall, cpu, run), args, kwargs, shadow_args, request
+            route, label, (value, error, wall, cpu, run), args, kwargs, shadow_args, request
         )
+        if error is not None:
+            raise error
         return value
 
     def _call_counted(

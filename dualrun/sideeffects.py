@@ -31,7 +31,33 @@ class Run:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
 
+class _Unrecorded(list[tuple[str, tuple[Any, ...], dict[str, Any]]]):
+    """The calls list of a run that has nothing to record: appending keeps nothing."""
+
+    def append(self, call: tuple[str, tuple[Any, ...], dict[str, Any]]) -> None:
+        pass
+
+
+def _unrecorded_run(shadow: bool) -> Run:
+    run = Run(shadow)
+    run.calls = _Unrecorded()
+    return run
+
+
+# While no guard exists, no run has side effects to record: shadowed calls share these two
+# markers instead of making two runs each (a guard made during such a call records nothing).
+PRIMARY_RUN = _unrecorded_run(shadow=False)
+SHADOW_RUN = _unrecorded_run(shadow=True)
+guarded = False  # a guard exists: every run records its own calls
+
 current_run: ContextVar[Run | None] = ContextVar("dualrun_run", default=None)
+
+
+def new_run(shadow: bool) -> Run:
+    """A run to record one version's side effects in (a shared marker while no guard exists)."""
+    if guarded:
+        return Run(shadow)
+    return SHADOW_RUN if shadow else PRIMARY_RUN
 
 
 def in_shadow_run() -> bool:
@@ -41,6 +67,9 @@ def in_shadow_run() -> bool:
 
 
 def _guard_wrapper(name: str, returns: Any, fake: Callable[..., Any] | None) -> Any:
+    global guarded
+    guarded = True
+
     def guard(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         run = current_run.get()
         if run is None:
