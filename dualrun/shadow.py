@@ -561,10 +561,18 @@ class ShadowRunner:
         kwargs: dict[str, Any],
     ) -> Any:
         """:meth:`_call_counted` for a background shadow that does not calibrate, flattened:
-        the caller copies the arguments, runs its version and queues a tuple; nothing more."""
-        shadow_args = self._shadow_arguments(route, args, kwargs)
-        if shadow_args is None:
-            return fn(*args, **kwargs)
+        the caller runs its version and queues a tuple (with a copy of the arguments, when the
+        shadow gets one); the worker makes the rest of it."""
+        copier = self.config.copy
+        if copier is None or (
+            copier is copy_arguments and not kwargs and _IMMUTABLE.issuperset(map(type, args))
+        ):
+            shadow_args = primary_args = (args, kwargs)
+        else:
+            copied = self._shadow_arguments(route, args, kwargs)
+            if copied is None:
+                return fn(*args, **kwargs)
+            shadow_args, primary_args = copied, None
         clock = self._clock  # _call_clock(), inlined
         if self._sampled and (
             next(self._cpu_calls) < CPU_FIRST_CALLS or random.random() * 100 < CPU_SAMPLE
@@ -572,9 +580,20 @@ class ShadowRunner:
             clock = thread_time_ns
         run = Run(shadow=False) if _sideeffects.guarded else PRIMARY_RUN
         value, error, wall, cpu = _run_version(fn, args, kwargs, run, None, clock)
-        self._hand_off(
-            route, label, (value, error, wall, cpu, run), args, kwargs, shadow_args, request
+        if primary_args is None:  # the caller may change them once back: the shadow's copy
+            primary_args = self._primary_arguments(args, kwargs, shadow_args)
+        job = (
+            route,
+            label,
+            (value, error, wall, cpu, run),
+            primary_args,
+            shadow_args,
+            None,
+            request,
+            copy_context(),
         )
+        if not self._pool.submit(job):
+            self.recorder.count(route.target, "dropped")
         if error is not None:
             raise error
         return value
@@ -680,14 +699,11 @@ class ShadowRunner:
     ) -> None:
         """Queue the rest of a background shadowed call for a worker: a plain tuple, with the
         caller's context (its log context, for example); the worker makes the rest of it."""
-        primary_args = (args, kwargs)
-        if shadow_args[0] is not args or shadow_args[1] is not kwargs:
-            primary_args = self._snapshot(primary_args)  # the caller may change them once back
         job = (
             route,
             label,
             primary,
-            primary_args,
+            self._primary_arguments(args, kwargs, shadow_args),
             shadow_args,
             again_args,
             request,
@@ -711,6 +727,15 @@ class ShadowRunner:
         route, label, outcome, snapshot, shadow_args, again_args, request, _ = job
         primary = _Result(*outcome)
         self._finish(route, label, primary, snapshot, shadow_args, again_args, None, request)
+
+    def _primary_arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], shadow_args: Args
+    ) -> Args:
+        """The primary's arguments as a queued comparison sees them: a snapshot when the
+        shadow got its own copy, as the caller may change them once back."""
+        if shadow_args[0] is args and shadow_args[1] is kwargs:
+            return args, kwargs
+        return self._snapshot((args, kwargs))
 
     def _snapshot(self, args: Args) -> Args:
         copier = self.config.copy
