@@ -49,15 +49,16 @@ class _CopyPickler(pickle.Pickler):
 
 class _Local(threading.local):
     """Each thread's plain pickler and its buffer, reused: making them costs more than a
-    small pickle."""
+    small pickle. ``state`` is one list (``[busy, buffer, pickler]``): one thread-local
+    lookup per comparison."""
 
     def __init__(self) -> None:
-        self.busy = False
-        self.renew()
+        self.state: list[Any] = [False, *_new_pickler()]
 
-    def renew(self) -> None:
-        self.buffer = io.BytesIO()
-        self.pickler = _plain_pickler(self.buffer)
+
+def _new_pickler() -> tuple[io.BytesIO, pickle.Pickler]:
+    buffer = io.BytesIO()
+    return buffer, _plain_pickler(buffer)
 
 
 _local = _Local()
@@ -65,53 +66,45 @@ _local = _Local()
 
 def plain_pickle(value: object) -> bytes | None:
     """The pickle of ``value`` if it is made of builtin types only, else None."""
-    local = _local
-    if local.busy:  # re-entered (a signal handler comparing): a pickler of its own
-        buffer = io.BytesIO()
-        pickler: pickle.Pickler = _plain_pickler(buffer)
-    else:
-        buffer, pickler = local.buffer, local.pickler
-        local.busy = True
-    try:
-        buffer.seek(0)
-        buffer.truncate()
-        pickler.clear_memo()
-        pickler.dump(value)
-        data = buffer.getvalue()
-    except Exception:  # not plain data, too deep, ...: the caller compares structurally
-        return None
-    finally:
-        if buffer is local.buffer:
-            local.busy = False
-            if buffer.tell() > _REUSE_LIMIT:
-                local.renew()  # let a large buffer go
-    return data
+    return _plain_pickles(value, _ALONE)
 
 
 def same_plain(old: object, new: object) -> bool:
     """Whether both are plain data with equal pickles (see the module docstring): both
     pickled one after the other into the thread's buffer, and its two halves compared."""
-    local = _local
-    if local.busy:  # re-entered (a signal handler comparing): one pickler each
-        first = plain_pickle(old)
-        return first is not None and first == plain_pickle(new)
-    local.busy = True
-    buffer, pickler = local.buffer, local.pickler
-    try:
+    return _plain_pickles(old, new) == b""
+
+
+_ALONE = object()  # _plain_pickles' second value when there is one value only
+
+
+def _plain_pickles(first: object, second: object) -> bytes | None:
+    """With ``second`` ``_ALONE``: the plain pickle of ``first``. Otherwise ``b""`` if both pickle
+    alike, else a non-empty bytes. None if a value is not plain. Re-entered (a signal handler
+    comparing), it uses a pickler of its own."""
+    state = _local.state
+    if state[0]:
+        buffer, pickler = _new_pickler()
+    else:
+        state[0] = True
+        buffer, pickler = state[1], state[2]
         buffer.seek(0)
         buffer.truncate()
-        pickler.clear_memo()
-        pickler.dump(old)
+    try:
+        pickler.dump(first)  # no memo to clear: the pickler keeps none
+        if second is _ALONE:
+            return buffer.getvalue()
         middle = buffer.tell()
-        pickler.dump(new)
+        pickler.dump(second)
         data = buffer.getvalue()
-        return data[:middle] == data[middle:]
+        return b"" if data[:middle] == data[middle:] else b"-"
     except Exception:  # not plain data, too deep, ...: the caller compares structurally
-        return False
+        return None
     finally:
-        local.busy = False
-        if buffer.tell() > _REUSE_LIMIT:
-            local.renew()  # let a large buffer go
+        if buffer is state[1]:
+            state[0] = False
+            if buffer.tell() > _REUSE_LIMIT:
+                state[1:] = _new_pickler()  # let a large buffer go
 
 
 def copy_by_pickle(value: object) -> Any | None:

@@ -463,10 +463,16 @@ class ShadowRunner:
         """:meth:`_call_counted` for an inline shadow without a timeout or calibration,
         flattened: both versions run here, in random order; a match of plain results is
         recorded without building any observation."""
-        copied = self._shadow_arguments(route, args, kwargs)
-        if copied is None:
-            return fn(*args, **kwargs)
-        shadow_args, shadow_kwargs = copied
+        copier = self.config.copy
+        if copier is None or (
+            copier is copy_arguments and not kwargs and _IMMUTABLE.issuperset(map(type, args))
+        ):
+            shadow_args, shadow_kwargs = args, kwargs
+        else:
+            copied = self._shadow_arguments(route, args, kwargs)
+            if copied is None:
+                return fn(*args, **kwargs)
+            shadow_args, shadow_kwargs = copied
         runs: Label = "new" if label == "old" else "old"
         try:
             shadow_fn, entered, left = route.shadow_slots[runs]
@@ -503,53 +509,43 @@ class ShadowRunner:
                     )
                 finally:
                     next(left)
+            other_value, other_error, other_wall, other_cpu = shadow
+            kind = type(value)
             shared = shadow_args is args and shadow_kwargs is kwargs
-            effects = bool(primary_run.calls or shadow_run.calls)
-            if effects or not self._matched(value, error, shadow, shared, args, kwargs, copied):
+            differ = self.config.differ
+            # A plain match, told without an observation: no exception, no hook, no side
+            # effect, equal values (by the differ's rules) and arguments left alike.
+            if (
+                error is None
+                and other_error is None
+                and self._plain_compare
+                and kind is type(other_value)
+                and not (primary_run.calls or shadow_run.calls)
+                and (
+                    value is other_value
+                    or (kind in _IMMUTABLE and value == other_value)
+                    or not differ.diff(value, other_value)
+                )
+                and (shared or not differ.diff((args, kwargs), (shadow_args, shadow_kwargs)))
+            ):
+                if label == "old":
+                    self.recorder.record_match(route.target, wall, cpu, other_wall, other_cpu)
+                else:
+                    self.recorder.record_match(route.target, other_wall, other_cpu, wall, cpu)
+            else:
                 self._record(
                     route.target,
                     label,
                     _Result(value, error, wall, cpu, primary_run),
-                    _Result(*shadow, shadow_run),
-                    None if shared else ((args, kwargs), copied),
+                    _Result(other_value, other_error, other_wall, other_cpu, shadow_run),
+                    None if shared else ((args, kwargs), (shadow_args, shadow_kwargs)),
                     request,
                 )
-            elif label == "old":
-                self.recorder.record_match(route.target, wall, cpu, shadow[2], shadow[3], None)
-            else:
-                self.recorder.record_match(route.target, shadow[2], shadow[3], wall, cpu, None)
         except BaseException as exc:  # a hook, a comparator, a repr: never the caller's
             self._failed(route, exc)
         if error is not None:
             raise error
         return value
-
-    def _matched(
-        self,
-        value: Any,
-        error: BaseException | None,
-        shadow: tuple[Any, BaseException | None, int, int],
-        shared: bool,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        copied: Args,
-    ) -> bool:
-        """Whether a paired call without side effects is a plain match: both returned equal
-        values by the differ's rules (no compare or clean hook) and their arguments ended
-        equal. False leaves the verdict to :meth:`_record`."""
-        if error is not None or shadow[1] is not None or not self._plain_compare:
-            return False
-        other_value = shadow[0]
-        kind = type(value)
-        if kind is not type(other_value):
-            return False
-        if (
-            value is not other_value
-            and not (kind in _IMMUTABLE and value == other_value)
-            and self.config.differ.diff(value, other_value)
-        ):
-            return False
-        return shared or not self.config.differ.diff((args, kwargs), copied)
 
     def _call_background(
         self,
