@@ -213,12 +213,13 @@ def shadow_overhead(
     env: dict[str, Any],
     s: Settings,
     scale: int = 1,
+    **shadow: Any,
 ) -> tuple[float, float]:
     """(inline shadow overhead, laboratory overhead) in ns for ``name(arg)``: each minus the
-    two plain calls."""
+    two plain calls. ``shadow``: more arguments of the ``Shadow``."""
     target = f"bench_shadow_target:{name}"
     old, new = versions.old.resolve(target), versions.new.resolve(target)
-    inline = dualrun.Dispatcher(versions, shadow=dualrun.Shadow(mode="inline"))
+    inline = dualrun.Dispatcher(versions, shadow=dualrun.Shadow(mode="inline", **shadow))
     stmt = f"f({arg_stmt})"
     ns = interleaved(
         {
@@ -256,6 +257,13 @@ def shadowing(s: Settings, tmp: Path) -> list[Row]:
         what = f"inline shadow overhead, {items}-item cart argument"
         target = "<= 3" if items == 100 else ""
         rows.append(Row("scaling", what, inline, "ns/call", inline / lab, "laboratory", target))
+    # laboratory shares the arguments; so does a shadow told not to copy them
+    items = max(s.carts)
+    scale = max(1, items // 10)
+    env = {"c": cart(items)}
+    inline, lab = shadow_overhead(versions, "total", "c", env, s, scale, copy=None)
+    what = f"inline shadow overhead, {items}-item cart argument, copy=None"
+    rows.append(Row("scaling", what, inline, "ns/call", inline / lab, "laboratory"))
     rows.append(background(versions))
     rows.extend(thread_scaling(versions, s))
     before, after, comparisons, mismatches = bench_shadow.rss_growth(versions, s.memory_calls)

@@ -48,17 +48,23 @@ class _CopyPickler(pickle.Pickler):
 
 
 class _Local(threading.local):
-    """Each thread's plain pickler and its buffer, reused: making them costs more than a
-    small pickle. ``state`` is one list (``[busy, buffer, pickler]``): one thread-local
-    lookup per comparison."""
+    """Each thread's picklers and their buffers, reused: making them costs more than a small
+    pickle. ``state`` (comparisons) and ``copying`` are lists ``[busy, buffer, pickler]``:
+    one thread-local lookup per use."""
 
     def __init__(self) -> None:
         self.state: list[Any] = [False, *_new_pickler()]
+        self.copying: list[Any] = [False, *_new_copier()]
 
 
 def _new_pickler() -> tuple[io.BytesIO, pickle.Pickler]:
     buffer = io.BytesIO()
     return buffer, _plain_pickler(buffer)
+
+
+def _new_copier() -> tuple[io.BytesIO, pickle.Pickler]:
+    buffer = io.BytesIO()
+    return buffer, _CopyPickler(buffer, pickle.HIGHEST_PROTOCOL)
 
 
 _local = _Local()
@@ -108,10 +114,24 @@ def _plain_pickles(first: object, second: object) -> bytes | None:
 
 
 def copy_by_pickle(value: object) -> Any | None:
-    """A deep copy through pickle, or None when only ``copy.deepcopy`` would be faithful."""
-    buffer = io.BytesIO()
+    """A deep copy through pickle, or None when only ``copy.deepcopy`` would be faithful.
+    Re-entered (an object's ``__reduce__`` copying), it uses a pickler of its own."""
+    state = _local.copying
+    if state[0]:
+        buffer, pickler = _new_copier()
+    else:
+        state[0] = True
+        buffer, pickler = state[1], state[2]
+        buffer.seek(0)
+        buffer.truncate()
     try:
-        _CopyPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(value)
-        return pickle.loads(buffer.getbuffer())
+        pickler.dump(value)
+        return pickle.loads(buffer.getvalue())
     except Exception:
         return None
+    finally:
+        if buffer is state[1]:
+            pickler.clear_memo()  # let go of the value: the next copy starts with no memo
+            state[0] = False
+            if buffer.tell() > _REUSE_LIMIT:
+                state[1:] = _new_copier()  # let a large buffer go
