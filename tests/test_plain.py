@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import threading
 from collections import Counter
 from typing import Any
@@ -172,6 +173,34 @@ def test_functions_and_classes_are_kept_by_the_pickle_copy() -> None:
     assert copied["f"] is copy_arguments and copied["t"] is Cart
     assert copied["nested"][0] is not value["nested"][0]
     assert copied["nested"][0].items == [{"q": 2}]
+
+
+class CopiesWhilePickled:
+    """An object whose pickling copies another value: the thread's copier is re-entered."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __reduce__(self) -> Any:
+        return (CopiesWhilePickled, (copy_by_pickle(self.inner),))
+
+
+def test_a_copy_made_while_a_copy_is_pickled_leaves_both_intact() -> None:
+    value = [{"a": [1]}, CopiesWhilePickled({"b": [2, 2.0]}), {"c": b"x"}]
+    copied = copy_by_pickle(value)
+    assert copied is not None
+    assert copied[0] == {"a": [1]} and copied[2] == {"c": b"x"}
+    assert copied[1].inner == {"b": [2, 2.0]} and type(copied[1].inner["b"][1]) is float
+    again = copy_by_pickle({"after": [3]})  # the thread's copier is free and empty again
+    assert again == {"after": [3]}
+
+
+def test_a_copy_keeps_no_reference_to_what_it_copied() -> None:
+    value = [1]
+    refs_before = sys.getrefcount(value)
+    copied = copy_by_pickle([value, value])
+    assert copied is not None and copied[0] is copied[1] and copied[0] is not value
+    assert sys.getrefcount(value) == refs_before  # nothing held by the memo past the copy
 
 
 @SETTINGS
