@@ -97,6 +97,9 @@ class Route:
         self._outside_base = 0
         self.migrations = new_counter()  # values converted by a migration hook
         self.results_converted = new_counter()  # results converted for the caller
+        # Whether migration hooks are registered (values then cross versions converted): they
+        # are given to the dispatcher once, before any route.
+        self.migrating = bool(dispatcher.migrations)
         self.found: dict[Label, Found] = {}
         self.entered: dict[Label, Counter] = {}
         # Every counter of calls a label was bound to, for the summaries (one per swap).
@@ -243,11 +246,6 @@ class Route:
         convert = self._dispatcher.migrations[(label, to)]
         next(self.results_converted)
         return convert(value)
-
-    @property
-    def migrating(self) -> bool:
-        """Whether migration hooks are registered (values then cross versions converted)."""
-        return bool(self._dispatcher.migrations)
 
     def migrate_arguments(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], label: Label

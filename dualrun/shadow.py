@@ -74,6 +74,7 @@ Args = tuple[tuple[Any, ...], dict[str, Any]]
 Clock = Callable[[], int] | None  # None: CPU time not measured
 _IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), complex, range})
 _SAMPLE_SALT = "dualrun-shadow"
+_random = random.random  # one lookup less on the hot paths
 MAX_NOISE_PATHS = 1000
 # Unpaired runs (background, or a timeout) read thread CPU time, a system call per read, on every
 # call for a runner's first CPU_FIRST_CALLS calls and on CPU_SAMPLE percent of later ones.
@@ -491,7 +492,7 @@ class ShadowRunner:
             primary_run, shadow_run = PRIMARY_RUN, SHADOW_RUN
         clock = self._clock
         shadow = None
-        if random.random() < 0.5:
+        if _random() < 0.5:
             next(entered)
             try:
                 shadow = _run_version(
