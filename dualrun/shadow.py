@@ -47,6 +47,16 @@ from dualrun.redaction import redact_path
 from dualrun.sideeffects import PRIMARY_RUN, SHADOW_RUN, Run, current_run, diff_side_effects
 from dualrun.workers import WorkerPool
 
+# The context variables' methods, bound once. CPython 3.11 compiles a method call on an
+# imported name (``current_run.set(...)``) as an attribute load that makes a bound method on
+# every call; calling a bound method kept in a module global does not.
+_get_run, _set_run, _reset_run = current_run.get, current_run.set, current_run.reset
+_get_request, _set_request, _reset_request = (
+    current_request.get,
+    current_request.set,
+    current_request.reset,
+)
+
 
 class ShadowedRoute(Protocol):
     """What a shadow run needs of its route (a :class:`dualrun.routing.Route`): the target's
@@ -246,8 +256,8 @@ def _run_version(
     """Run one version: its value, its exception, wall and CPU ns. Whatever it raises
     (``SystemExit`` and ``KeyboardInterrupt`` included) is its outcome, never the caller's.
     ``request``: the request as the run sees it (None: the caller's, unchanged)."""
-    run_token = current_run.set(run)
-    request_token = None if request is None else current_request.set(request)
+    run_token = _set_run(run)
+    request_token = None if request is None else _set_request(request)
     cpu = 0 if clock is None else clock()
     wall = perf_counter_ns()
     try:
@@ -257,8 +267,8 @@ def _run_version(
     wall = perf_counter_ns() - wall
     cpu = NOT_MEASURED if clock is None else clock() - cpu
     if request_token is not None:
-        current_request.reset(request_token)
-    current_run.reset(run_token)
+        _reset_request(request_token)
+    _reset_run(run_token)
     return value, error, wall, cpu
 
 
@@ -300,8 +310,8 @@ async def _execute_async(
     clock: Clock = thread_time_ns,
 ) -> _Result:
     """Await one version, bounded by ``timeout`` (an await can be cancelled, unlike a call)."""
-    run_token = current_run.set(run)
-    request_token = current_request.set(request)
+    run_token = _set_run(run)
+    request_token = _set_request(request)
     cpu = 0 if clock is None else clock()
     wall = perf_counter_ns()
     timed_out = False
@@ -311,16 +321,16 @@ async def _execute_async(
         value, error, timed_out = None, None, True
     except asyncio.CancelledError as exc:
         if _cancelling():  # the caller's task is being cancelled: not the version's doing
-            current_request.reset(request_token)
-            current_run.reset(run_token)
+            _reset_request(request_token)
+            _reset_run(run_token)
             raise
         value, error = None, exc
     except BaseException as exc:
         value, error = None, exc
     wall = perf_counter_ns() - wall
     cpu = NOT_MEASURED if clock is None else clock() - cpu
-    current_request.reset(request_token)
-    current_run.reset(run_token)
+    _reset_request(request_token)
+    _reset_run(run_token)
     return _Result(value, error, wall, cpu, run, timed_out)
 
 
@@ -388,7 +398,7 @@ class ShadowRunner:
 
     def wants(self, label: Label, request: RequestContext | None) -> bool:
         """Whether this call, served by ``label``, is to be shadowed."""
-        if current_run.get() is not None:
+        if _get_run() is not None:
             return False  # already inside a shadowed call: the outer comparison covers this one
         primary = self.config.primary
         if primary != "any" and primary != label:
@@ -421,7 +431,7 @@ class ShadowRunner:
         """Serve a call routed to ``label``: shadowed with the other version if this runner
         wants it (see :meth:`wants`), else plainly."""
         if self._every_call:  # wants(), inlined for the common configuration
-            wanted = label != self._unshadowed and current_run.get() is None
+            wanted = label != self._unshadowed and _get_run() is None
         else:
             wanted = self.wants(label, request)
         fn, entered, left = route.slots[label]
@@ -497,16 +507,16 @@ class ShadowRunner:
         # The shadow's run: _run_version's without a CPU clock, inlined (the hot path).
         next(entered)
         try:
-            run_token = current_run.set(shadow_run)
-            pin_token = current_request.set(pinned)
+            run_token = _set_run(shadow_run)
+            pin_token = _set_request(pinned)
             other_wall = perf_counter_ns()
             try:
                 other_value, other_error = shadow_fn(*shadow_args, **shadow_kwargs), None
             except BaseException as exc:  # the shadow's outcome, never the caller's
                 other_value, other_error = None, exc
             other_wall = perf_counter_ns() - other_wall
-            current_request.reset(pin_token)
-            current_run.reset(run_token)
+            _reset_request(pin_token)
+            _reset_run(run_token)
         finally:
             next(left)
         if not primary_first:
@@ -604,7 +614,7 @@ class ShadowRunner:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        request = current_request.get() or EMPTY
+        request = _get_request() or EMPTY
         prepared = self._prepare(route, args, kwargs)
         if prepared is None:
             return fn(*args, **kwargs)
@@ -618,7 +628,7 @@ class ShadowRunner:
                 self.recorder.count(route.target, "internal_errors", describe(exc))
                 return fn(*args, **kwargs)
         primary_run = Run(shadow=False)
-        token = current_run.set(primary_run)
+        token = _set_run(primary_run)
         cpu = 0 if clock is None else clock()
         wall = perf_counter_ns()
         try:
@@ -626,7 +636,7 @@ class ShadowRunner:
         except BaseException as exc:
             wall = perf_counter_ns() - wall
             cpu = NOT_MEASURED if clock is None else clock() - cpu
-            current_run.reset(token)
+            _reset_run(token)
             result = _Result(None, exc, wall, cpu, primary_run)
             self._after(
                 route, label, result, (args, kwargs), shadow_args, again_args, early, request
@@ -634,7 +644,7 @@ class ShadowRunner:
             raise
         wall = perf_counter_ns() - wall
         cpu = NOT_MEASURED if clock is None else clock() - cpu
-        current_run.reset(token)
+        _reset_run(token)
         result = _Result(value, None, wall, cpu, primary_run)
         self._after(route, label, result, (args, kwargs), shadow_args, again_args, early, request)
         return value
@@ -1010,7 +1020,7 @@ class ShadowRunner:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        request = current_request.get() or EMPTY
+        request = _get_request() or EMPTY
         prepared = self._prepare(route, args, kwargs)
         if prepared is None:
             return await fn(*args, **kwargs)
@@ -1021,7 +1031,7 @@ class ShadowRunner:
         if inline and random.random() < 0.5:
             early = await self._shadow_async(route, label, shadow_args, request, None, clock)
         primary_run = Run(shadow=False)
-        token = current_run.set(primary_run)
+        token = _set_run(primary_run)
         cpu = 0 if clock is None else clock()
         wall = perf_counter_ns()
         error: BaseException | None = None
@@ -1033,7 +1043,7 @@ class ShadowRunner:
         wall = perf_counter_ns() - wall
         cpu = NOT_MEASURED if clock is None else clock() - cpu
         result = _Result(value, error, wall, cpu, primary_run)
-        current_run.reset(token)
+        _reset_run(token)
         if isinstance(error, asyncio.CancelledError):
             raise error  # the caller is being cancelled: no shadow run to wait for
         primary_args = (args, kwargs)
