@@ -475,16 +475,10 @@ class ShadowRunner:
         """:meth:`_call_counted` for an inline shadow without a timeout or calibration,
         flattened: both versions run here, in random order; a match of plain results is
         recorded without building any observation."""
-        copier = self.config.copy
-        if copier is None or (
-            copier is copy_arguments and not kwargs and _IMMUTABLE.issuperset(map(type, args))
-        ):
-            shadow_args, shadow_kwargs = args, kwargs
-        else:
-            copied = self._shadow_arguments(route, args, kwargs)
-            if copied is None:
-                return fn(*args, **kwargs)
-            shadow_args, shadow_kwargs = copied
+        copied = self._shadow_arguments(route, args, kwargs)
+        if copied is None:
+            return fn(*args, **kwargs)
+        shadow_args, shadow_kwargs = copied
         runs: Label = "new" if label == "old" else "old"
         try:
             shadow_fn, entered, left = route.shadow_slots[runs]
@@ -572,7 +566,7 @@ class ShadowRunner:
         the caller runs its version and queues a tuple (with a copy of the arguments, when the
         shadow gets one); the worker makes the rest of it."""
         copier = self.config.copy
-        if copier is None or (
+        if copier is None or (  # _shadow_arguments' own check, inlined (two calls less)
             copier is copy_arguments and not kwargs and _IMMUTABLE.issuperset(map(type, args))
         ):
             shadow_args = primary_args = (args, kwargs)
