@@ -44,7 +44,14 @@ from dualrun.recorder import (
     Recorder,
 )
 from dualrun.redaction import redact_path
-from dualrun.sideeffects import PRIMARY_RUN, SHADOW_RUN, Run, current_run, diff_side_effects
+from dualrun.sideeffects import (
+    PRIMARY_RUN,
+    SHADOW_RUN,
+    Run,
+    current_run,
+    diff_side_effects,
+    new_run,
+)
 from dualrun.workers import WorkerPool
 
 # The context variables' methods, bound once. CPython 3.11 compiles a method call on an
@@ -621,7 +628,7 @@ class ShadowRunner:
             except Exception as exc:  # dualrun's own failure (a closed runner): serve unshadowed
                 self.recorder.count(route.target, "internal_errors", describe(exc))
                 return fn(*args, **kwargs)
-        primary_run = Run(shadow=False)
+        primary_run = new_run(False)
         token = _set_run(primary_run)
         cpu = 0 if clock is None else clock()
         wall = perf_counter_ns()
@@ -766,7 +773,7 @@ class ShadowRunner:
         if timeout is None or self.config.mode == "background":
             next(entered)
             try:
-                result = _execute(fn, args, Run(shadow=True), shadow_request, clock)
+                result = _execute(fn, args, new_run(True), shadow_request, clock)
             finally:
                 next(left)
             if timeout is not None and result.wall_ns > timeout * 1e9:
@@ -776,7 +783,7 @@ class ShadowRunner:
         def run() -> _Result:
             next(entered)
             try:
-                return _execute(fn, args, Run(shadow=True), shadow_request, clock)
+                return _execute(fn, args, new_run(True), shadow_request, clock)
             finally:
                 next(left)
 
@@ -787,7 +794,7 @@ class ShadowRunner:
         bounded; the shadow itself cannot be interrupted and finishes (or hangs) on its own,
         holding its helper meanwhile, and never keeps the process from exiting."""
         started = perf_counter_ns()
-        late = _Result(None, None, 0, NOT_MEASURED, Run(shadow=True), timed_out=True)
+        late = _Result(None, None, 0, NOT_MEASURED, new_run(True), timed_out=True)
         if not self._timeout_slots.acquire(blocking=False):
             return late  # every helper is busy with a slow shadow
         context = copy_context()
@@ -971,8 +978,8 @@ class ShadowRunner:
         self._record(
             target,
             "old",
-            _Result(old[0], old[1], old[2], cpu, Run(shadow=False)),
-            _Result(new[0], new[1], new[2], cpu, Run(shadow=True)),
+            _Result(old[0], old[1], old[2], cpu, new_run(False)),
+            _Result(new[0], new[1], new[2], cpu, new_run(True)),
             None,
             request,
         )
@@ -998,7 +1005,8 @@ class ShadowRunner:
     async def call_async(
         self, route: ShadowedRoute, label: Label, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        """The async counterpart of :meth:`call`: the shadow is a task on the same loop."""
+        """The async counterpart of :meth:`serve` for a call it wants shadowed: the shadow is a
+        task on the same loop."""
         fn, entered, left = route.slots[label]
         next(entered)  # in flight from the moment the version is chosen, as in call()
         try:
@@ -1024,7 +1032,7 @@ class ShadowRunner:
         early = None
         if inline and random.random() < 0.5:
             early = await self._shadow_async(route, label, shadow_args, request, None, clock)
-        primary_run = Run(shadow=False)
+        primary_run = new_run(False)
         token = _set_run(primary_run)
         cpu = 0 if clock is None else clock()
         wall = perf_counter_ns()
@@ -1077,7 +1085,7 @@ class ShadowRunner:
             return await _execute_async(
                 fn,
                 args,
-                Run(shadow=True),
+                new_run(True),
                 _shadow_request(request, runs),
                 self.config.timeout,
                 clock,
