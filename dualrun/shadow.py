@@ -479,9 +479,9 @@ class ShadowRunner:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        """:meth:`_call_counted` for an inline shadow without a timeout or calibration,
-        flattened: both versions run here, in random order; a match of plain results is
-        recorded without building any observation."""
+        """:meth:`_call_counted` for an inline shadow without a timeout, calibration or CPU
+        timing, flattened: both versions run here, in random order; a match of plain results
+        is recorded without building any observation."""
         copied = self._shadow_arguments(route, args, kwargs)
         if copied is None:
             return fn(*args, **kwargs)
@@ -504,7 +504,7 @@ class ShadowRunner:
             primary_run, shadow_run = PRIMARY_RUN, SHADOW_RUN
         primary_first = _random() < 0.5  # either order: both wall times are comparable
         if primary_first:
-            value, error, wall, cpu = _run_version(fn, args, kwargs, primary_run, None, None)
+            value, error, wall, _ = _run_version(fn, args, kwargs, primary_run, None, None)
         # The shadow's run: _run_version's without a CPU clock, inlined (the hot path).
         next(entered)
         try:
@@ -521,7 +521,7 @@ class ShadowRunner:
         finally:
             next(left)
         if not primary_first:
-            value, error, wall, cpu = _run_version(fn, args, kwargs, primary_run, None, None)
+            value, error, wall, _ = _run_version(fn, args, kwargs, primary_run, None, None)
         try:
             kind = type(value)
             shared = shadow_args is args and shadow_kwargs is kwargs
@@ -541,16 +541,16 @@ class ShadowRunner:
                 )
                 and (shared or not differ.diff((args, kwargs), (shadow_args, shadow_kwargs)))
             ):
-                if label == "old":
-                    self.recorder.record_match(route.target, wall, cpu, other_wall, cpu)
-                else:
-                    self.recorder.record_match(route.target, other_wall, cpu, wall, cpu)
+                old_wall, new_wall = (wall, other_wall) if label == "old" else (other_wall, wall)
+                self.recorder.record_match(
+                    route.target, old_wall, NOT_MEASURED, new_wall, NOT_MEASURED
+                )
             else:
                 self._record(
                     route.target,
                     label,
-                    _Result(value, error, wall, cpu, primary_run),
-                    _Result(other_value, other_error, other_wall, cpu, shadow_run),
+                    _Result(value, error, wall, NOT_MEASURED, primary_run),
+                    _Result(other_value, other_error, other_wall, NOT_MEASURED, shadow_run),
                     None if shared else ((args, kwargs), (shadow_args, shadow_kwargs)),
                     request,
                 )
