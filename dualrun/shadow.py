@@ -1139,11 +1139,11 @@ class ShadowRunner:
     def close(self, timeout: float | None = 5.0, abandon: bool = False) -> None:
         """Finish queued shadow runs (up to ``timeout``) and stop the worker threads. With
         ``abandon``, runs not started by then never will be: each is counted as dropped
-        (otherwise they still run, on the threads' way out)."""
-        left = self._pool.close(timeout, abandon=abandon)
-        if abandon:  # queued (never to run), or running still (a thread that exit will stop)
-            for job in left:
-                self.recorder.count(job[0].target, "dropped")
+        (otherwise they still run, on the threads' way out). A run queued by a call racing
+        this close, after the threads stopped, is counted as dropped too."""
+        for job in self._pool.close(timeout, abandon=abandon):  # never to run
+            self.recorder.count(job[0].target, "dropped")
+        if abandon:  # running still (a thread that exit will stop)
             for queued in list(self._running):
                 if queued.claim():
                     self.recorder.count(queued.target, "dropped")

@@ -151,25 +151,32 @@ class WorkerPool:
         """Refuse new jobs, let the queued ones finish (up to ``timeout``), stop the threads.
 
         With ``abandon``, the jobs not started when ``timeout`` ran out are taken off the queue
-        and returned, never to run; otherwise they run before the threads stop."""
+        and returned, never to run; otherwise they run before the threads stop. Once every
+        thread has stopped, a job a racing ``submit`` queued behind the stop markers is
+        returned too: no thread is left to run it."""
         with self._start_lock:  # a submit that passed its check starts no thread after this
             self._closed = True
             self._open = False
         done = self.join(timeout)
-        abandoned: list[Any] = []
-        if not done and abandon:
-            while True:
-                try:
-                    job = self._queue.popleft()
-                except IndexError:
-                    break
-                if job is not _STOP:
-                    abandoned.append(job)
-                    next(self._finished)
+        abandoned = self._take_all() if not done and abandon else []
         for _ in self._threads:
             self._queue.append(_STOP)
         for _ in self._threads:
             self._wake_one()
         for thread in self._threads:
             thread.join(0 if not done else timeout)
+        if not any(thread.is_alive() for thread in self._threads):
+            abandoned += self._take_all()
         return abandoned
+
+    def _take_all(self) -> list[Any]:
+        """Take every job off the queue (stop markers dropped), each counted as finished."""
+        taken: list[Any] = []
+        while True:
+            try:
+                job = self._queue.popleft()
+            except IndexError:
+                return taken
+            if job is not _STOP:
+                taken.append(job)
+                next(self._finished)

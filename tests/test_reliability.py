@@ -268,6 +268,48 @@ def test_an_idle_pool_wakes_for_a_job_at_once() -> None:
         pool.close(1)
 
 
+def race_close(pool: Any, late_job: Any) -> None:
+    """Make ``pool``'s queue one where a submit that passed its check before ``close()``
+    counts and queues ``late_job`` right behind the first stop marker."""
+    from collections import deque
+
+    from dualrun import workers
+
+    class RacingQueue(deque[Any]):
+        def append(self, job: Any) -> None:
+            super().append(job)
+            if job is workers._STOP and late_job not in self:
+                next(pool._submitted)
+                super().append(late_job)
+
+    pool._queue = RacingQueue()
+
+
+def test_a_job_queued_behind_the_stop_markers_by_a_racing_submit_is_returned_by_close() -> None:
+    from dualrun.workers import WorkerPool
+
+    late_job = ("late",)
+    ran: list[Any] = []
+    pool = WorkerPool(1, 10, "test-pool", ran.append)
+    race_close(pool, late_job)
+    assert pool.submit(("early",)) and pool.join(5)
+    assert pool.close(5) == [late_job]  # nobody is left to run it: the caller counts it
+    assert ran == [("early",)] and pool.pending() == 0
+
+
+def test_a_shadow_run_queued_while_the_runner_closes_is_counted_as_dropped(lab: Lab) -> None:
+    versions = lab.pair("def f(x):\n    return x\n", "def f(x):\n    return x\n")
+    d = lab.dispatcher(versions, shadow=dualrun.Shadow(mode="background", workers=1))
+    target = lab.target("f")
+    f = d.route(target)
+    late_job = (d.routes[target], "old")  # what close() reads of a job it counts
+    race_close(d._shadow._pool, late_job)  # type: ignore[union-attr]
+    assert f(1) == 1 and d.flush(5)
+    d.close()
+    route = d.report().route(target)
+    assert (route.comparisons, route.dropped) == (1, 1)
+
+
 def test_a_pool_runs_every_job_exactly_once_under_racing_submitters() -> None:
     import sys
 
