@@ -72,22 +72,27 @@ _local = _Local()
 
 def plain_pickle(value: object) -> bytes | None:
     """The pickle of ``value`` if it is made of builtin types only, else None."""
-    return _plain_pickles(value, _ALONE)
+    dumped = _dump(value)
+    return None if dumped is None else dumped[0]
 
 
 def same_plain(old: object, new: object) -> bool:
     """Whether both are plain data with equal pickles (see the module docstring): both
     pickled one after the other into the thread's buffer, and its two halves compared."""
-    return _plain_pickles(old, new) == b""
+    dumped = _dump(old, new)
+    if dumped is None:
+        return False
+    data, middle = dumped
+    return data[:middle] == data[middle:]
 
 
-_ALONE = object()  # _plain_pickles' second value when there is one value only
+_ALONE = object()  # _dump's second value when there is one value only
 
 
-def _plain_pickles(first: object, second: object) -> bytes | None:
-    """With ``second`` ``_ALONE``: the plain pickle of ``first``. Otherwise ``b""`` if both pickle
-    alike, else a non-empty bytes. None if a value is not plain. Re-entered (a signal handler
-    comparing), it uses a pickler of its own."""
+def _dump(first: object, second: object = _ALONE) -> tuple[bytes, int] | None:
+    """The plain pickles of ``first`` (and ``second``) one after the other, and where the
+    first ends; None if a value is not plain. Re-entered (a signal handler comparing), it uses
+    a pickler of its own."""
     state = _local.state
     if state[0]:
         buffer, pickler = _new_pickler()
@@ -98,12 +103,10 @@ def _plain_pickles(first: object, second: object) -> bytes | None:
         buffer.truncate()
     try:
         pickler.dump(first)  # no memo to clear: the pickler keeps none
-        if second is _ALONE:
-            return buffer.getvalue()
         middle = buffer.tell()
-        pickler.dump(second)
-        data = buffer.getvalue()
-        return b"" if data[:middle] == data[middle:] else b"-"
+        if second is not _ALONE:
+            pickler.dump(second)
+        return buffer.getvalue(), middle
     except Exception:  # not plain data, too deep, ...: the caller compares structurally
         return None
     finally:

@@ -523,24 +523,31 @@ class ShadowRunner:
         if not primary_first:
             value, error, wall, _ = _run_version(fn, args, kwargs, primary_run, None, None)
         try:
-            kind = type(value)
             shared = shadow_args is args and shadow_kwargs is kwargs
             differ = self.config.differ
-            # A plain match, told without an observation: no exception, no hook, no side
-            # effect, equal values (by the differ's rules) and arguments left alike.
+            value_differences = None  # the values' differences, when told here
+            matched = False
             if (
                 error is None
                 and other_error is None
                 and self._plain_compare
-                and kind is type(other_value)
                 and not (primary_run.calls or shadow_run.calls)
-                and (
-                    value is other_value
-                    or (kind in _IMMUTABLE and value == other_value)
-                    or not differ.diff(value, other_value)
-                )
-                and (shared or not differ.diff((args, kwargs), (shadow_args, shadow_kwargs)))
             ):
+                kind = type(value)
+                if kind is type(other_value) and (
+                    value is other_value or (kind in _IMMUTABLE and value == other_value)
+                ):
+                    value_differences = []
+                elif label == "old":
+                    value_differences = differ.diff(value, other_value)
+                else:
+                    value_differences = differ.diff(other_value, value)
+                # A plain match, told without an observation: equal values (by the differ's
+                # rules) and arguments left alike.
+                matched = not value_differences and (
+                    shared or not differ.diff((args, kwargs), (shadow_args, shadow_kwargs))
+                )
+            if matched:
                 old_wall, new_wall = (wall, other_wall) if label == "old" else (other_wall, wall)
                 self.recorder.record_match(
                     route.target, old_wall, NOT_MEASURED, new_wall, NOT_MEASURED
@@ -553,6 +560,7 @@ class ShadowRunner:
                     _Result(other_value, other_error, other_wall, NOT_MEASURED, shadow_run),
                     None if shared else ((args, kwargs), (shadow_args, shadow_kwargs)),
                     request,
+                    value_differences,
                 )
         except BaseException as exc:  # a hook, a comparator, a repr: never the caller's
             self._failed(route, exc)
@@ -899,7 +907,10 @@ class ShadowRunner:
         shadow: _Result,
         compared_args: tuple[Args, Args] | None,
         request: RequestContext,
+        value_differences: list[Difference] | None = None,
     ) -> None:
+        """Compare and record one call. ``value_differences``: old's and new's values already
+        compared by the differ (no hook), so not compared again."""
         old, new = (primary, shadow) if label == "old" else (shadow, primary)
         differences: list[Difference] = []
         noise: list[Difference] = []
@@ -908,7 +919,9 @@ class ShadowRunner:
         else:
             config = self.config
             differ = config.differ
-            if config.compare is None and config.clean is None:
+            if value_differences is not None:
+                differences = value_differences
+            elif config.compare is None and config.clean is None:
                 differences = differ.diff_outcomes(old.value, old.error, new.value, new.error)
             else:
                 differences = self._differences(old, new)

@@ -185,3 +185,35 @@ def test_a_guard_made_during_a_call_records_nothing_on_the_shared_markers(
     assert (route.matches, route.mismatches) == (2, 0)
     assert lab.engine(versions, "old").SENT == [1, 1]
     assert lab.engine(versions, "new").SENT == []
+
+
+@pytest.mark.parametrize("serving", ["old", "new"])
+def test_a_mismatch_is_compared_once_old_against_new(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch, serving: str
+) -> None:
+    versions = lab.pair(RETURN_GIVEN, RETURN_GIVEN)
+    lab.engine(versions, "old").VALUE = {"total": 10, "items": [1, 2]}
+    lab.engine(versions, "new").VALUE = {"total": 11, "items": [1, 2]}
+    d = lab.dispatcher(
+        versions,
+        policy=dualrun.Fixed(serving),
+        shadow=dualrun.Shadow(mode="inline", primary=serving),
+    )
+    target = lab.target("give")
+    give = d.route(target)
+    compared: list[tuple[Any, Any]] = []
+    diff = Differ.diff
+
+    def counting(self: Differ, old: Any, new: Any, path: str = "$") -> Any:
+        compared.append((old, new))
+        return diff(self, old, new, path)
+
+    monkeypatch.setattr(Differ, "diff", counting)
+    for _ in range(6):  # either order of the runs
+        give()
+    assert compared == [({"total": 10, "items": [1, 2]}, {"total": 11, "items": [1, 2]})] * 6
+    route = d.report().route(target)
+    assert route.mismatches == 6
+    assert [(g.path, g.count) for g in route.divergences] == [("$.total", 6)]
+    example = route.divergences[0].examples[0]
+    assert (example["old"], example["new"]) == ("10", "11")
