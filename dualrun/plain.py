@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import pickle
 import threading
+from collections.abc import Callable
 from typing import Any
 
 _REUSE_LIMIT = 1 << 20  # a thread keeps its buffer only while the pickles stay this small
@@ -47,24 +48,51 @@ class _CopyPickler(pickle.Pickler):
         return NotImplemented
 
 
+class _Reused:
+    """One thread's pickler and its buffer, reused: making them costs more than a small
+    pickle. Re-entered while in use (a signal handler comparing, a ``__reduce__`` copying),
+    :meth:`take` makes a pickler of its own for that use."""
+
+    __slots__ = ("buffer", "busy", "make", "pickler")
+
+    def __init__(self, make: Callable[[io.BytesIO], pickle.Pickler]) -> None:
+        self.make = make
+        self.busy = False
+        self.buffer = io.BytesIO()
+        self.pickler = make(self.buffer)
+
+    def take(self) -> tuple[io.BytesIO, pickle.Pickler]:
+        """An empty buffer and the pickler writing to it."""
+        if self.busy:
+            buffer = io.BytesIO()
+            return buffer, self.make(buffer)
+        self.busy = True
+        buffer = self.buffer
+        buffer.seek(0)
+        buffer.truncate()
+        return buffer, self.pickler
+
+    def give_back(self, buffer: io.BytesIO) -> None:
+        """Done with what :meth:`take` gave: the memo emptied (it holds the values pickled),
+        and a buffer grown large let go."""
+        if buffer is self.buffer:
+            self.pickler.clear_memo()
+            self.busy = False
+            if buffer.tell() > _REUSE_LIMIT:
+                self.buffer = io.BytesIO()
+                self.pickler = self.make(self.buffer)
+
+
+def _copy_pickler(buffer: io.BytesIO) -> pickle.Pickler:
+    return _CopyPickler(buffer, pickle.HIGHEST_PROTOCOL)
+
+
 class _Local(threading.local):
-    """Each thread's picklers and their buffers, reused: making them costs more than a small
-    pickle. ``state`` (comparisons) and ``copying`` are lists ``[busy, buffer, pickler]``:
-    one thread-local lookup per use."""
+    """Each thread's reused picklers: for comparisons and for copies."""
 
     def __init__(self) -> None:
-        self.state: list[Any] = [False, *_new_pickler()]
-        self.copying: list[Any] = [False, *_new_copier()]
-
-
-def _new_pickler() -> tuple[io.BytesIO, pickle.Pickler]:
-    buffer = io.BytesIO()
-    return buffer, _plain_pickler(buffer)
-
-
-def _new_copier() -> tuple[io.BytesIO, pickle.Pickler]:
-    buffer = io.BytesIO()
-    return buffer, _CopyPickler(buffer, pickle.HIGHEST_PROTOCOL)
+        self.comparing = _Reused(_plain_pickler)
+        self.copying = _Reused(_copy_pickler)
 
 
 _local = _Local()
@@ -91,18 +119,11 @@ _ALONE = object()  # _dump's second value when there is one value only
 
 def _dump(first: object, second: object = _ALONE) -> tuple[bytes, int] | None:
     """The plain pickles of ``first`` (and ``second``) one after the other, and where the
-    first ends; None if a value is not plain. Re-entered (a signal handler comparing), it uses
-    a pickler of its own."""
-    state = _local.state
-    if state[0]:
-        buffer, pickler = _new_pickler()
-    else:
-        state[0] = True
-        buffer, pickler = state[1], state[2]
-        buffer.seek(0)
-        buffer.truncate()
+    first ends; None if a value is not plain."""
+    reused = _local.comparing
+    buffer, pickler = reused.take()
     try:
-        pickler.dump(first)  # no memo to clear: the pickler keeps none
+        pickler.dump(first)  # the plain pickler keeps no memo
         middle = buffer.tell()
         if second is not _ALONE:
             pickler.dump(second)
@@ -110,31 +131,17 @@ def _dump(first: object, second: object = _ALONE) -> tuple[bytes, int] | None:
     except Exception:  # not plain data, too deep, ...: the caller compares structurally
         return None
     finally:
-        if buffer is state[1]:
-            state[0] = False
-            if buffer.tell() > _REUSE_LIMIT:
-                state[1:] = _new_pickler()  # let a large buffer go
+        reused.give_back(buffer)
 
 
 def copy_by_pickle(value: object) -> Any | None:
-    """A deep copy through pickle, or None when only ``copy.deepcopy`` would be faithful.
-    Re-entered (an object's ``__reduce__`` copying), it uses a pickler of its own."""
-    state = _local.copying
-    if state[0]:
-        buffer, pickler = _new_copier()
-    else:
-        state[0] = True
-        buffer, pickler = state[1], state[2]
-        buffer.seek(0)
-        buffer.truncate()
+    """A deep copy through pickle, or None when only ``copy.deepcopy`` would be faithful."""
+    reused = _local.copying
+    buffer, pickler = reused.take()
     try:
         pickler.dump(value)
         return pickle.loads(buffer.getvalue())
     except Exception:
         return None
     finally:
-        if buffer is state[1]:
-            pickler.clear_memo()  # let go of the value: the next copy starts with no memo
-            state[0] = False
-            if buffer.tell() > _REUSE_LIMIT:
-                state[1:] = _new_copier()  # let a large buffer go
+        reused.give_back(buffer)
